@@ -1,0 +1,1 @@
+"""The embedded ClearML-API-compatible server (REST API + file server, one SQLite file)."""
