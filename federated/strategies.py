@@ -1,0 +1,319 @@
+"""Flower strategies chosen by the config, and one wrapper that guards and records every round.
+
+The strategies are Flower's own classes (``flwr.serverapp.strategy``), built by
+:func:`build_strategy`. :class:`GuardedStrategy` wraps whichever one was chosen and adds what a
+long-running federated job needs around it, without touching the aggregation maths:
+
+* **update guard**: a reply whose arrays hold NaN/Inf, have the wrong shapes, or whose update
+  (reply minus the round's global weights) has an L2 norm above ``max_update_norm`` is rejected and
+  logged; the round goes on with the others;
+* **minimum clients**: fewer than ``min_clients`` usable replies (failed, timed out or rejected)
+  stop the run with :class:`RoundFailedError` before anything of that round is written;
+* **deterministic order**: replies are sorted by the client's partition id before aggregation, so
+  a floating-point sum never depends on which client answered first;
+* **round offset**: ``Strategy.start`` always counts rounds from 1; a resumed run passes the offset
+  so that every round keeps its true number (FedAdam's bias correction uses it);
+* **strategy state**: server-side optimizer state (FedAvgM momentum, FedAdam/FedYogi moments) can
+  be exported and restored, so a resumed run continues exactly;
+* **round record**: per client examples, train loss and seconds, and payload bytes sent and received.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
+
+from federated.config import FederatedConfig
+
+LOG = logging.getLogger(__name__)
+
+#: MetricRecord keys a FleetFL client reports (``num-examples`` is Flower's weighting key).
+METRIC_EXAMPLES = "num-examples"
+METRIC_LOSS = "train-loss"
+METRIC_SECONDS = "train-seconds"
+METRIC_PARTITION = "partition-id"
+
+
+class RoundFailedError(RuntimeError):
+    """A round ended with fewer usable client updates than ``min_clients``."""
+
+
+def build_strategy(config: FederatedConfig) -> Strategy:
+    """Flower's strategy named by ``config.strategy``, with the config's options.
+
+    Federated (client-side) evaluation is off (``fraction_evaluate=0``): the server evaluates the
+    global model centrally on the held-out split every round.
+    """
+    common: dict[str, Any] = {
+        "fraction_train": config.fraction,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": config.min_clients,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": config.min_clients,
+    }
+    fedopt = {
+        "eta": config.fedopt_eta,
+        "eta_l": config.lr0,  # informational in Flower (clients use their own lr0)
+        "beta_1": config.fedopt_beta_1,
+        "beta_2": config.fedopt_beta_2,
+        "tau": config.fedopt_tau,
+    }
+    name = config.strategy
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedavgm":
+        return FedAvgM(
+            **common, server_learning_rate=config.server_lr, server_momentum=config.server_momentum
+        )
+    if name == "fedprox":
+        return FedProx(**common, proximal_mu=config.proximal_mu)
+    if name == "fedadam":
+        return FedAdam(**common, **fedopt)
+    if name == "fedyogi":
+        return FedYogi(**common, **fedopt)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=config.trim_beta)
+    if name == "krum":
+        return Krum(**common, num_malicious_nodes=config.krum_byzantine)
+    raise ValueError(f"strategy: unknown strategy {name!r}")  # config validation makes this unreachable
+
+
+# ---------------------------------------------------------------------- update checks
+def payload_bytes(record: ArrayRecord) -> int:
+    """Serialized bytes of the arrays in ``record`` (numpy ``.npy`` data; message framing not counted)."""
+    return sum(len(array.data) for array in record.values())
+
+
+def check_update(
+    update: list[np.ndarray], reference: list[np.ndarray], max_norm: float
+) -> tuple[float, str | None]:
+    """Check one client update against the round's global weights.
+
+    Returns:
+        ``(norm, reason)``: the L2 norm of ``update - reference`` over floating-point arrays and
+        ``None`` if the update is acceptable, else a short reason for rejecting it.
+    """
+    if len(update) != len(reference):
+        return math.nan, f"{len(update)} arrays, expected {len(reference)}"
+    total = 0.0
+    for index, (new, old) in enumerate(zip(update, reference, strict=True)):
+        if new.shape != old.shape:
+            return math.nan, f"array {index} has shape {new.shape}, expected {old.shape}"
+        if new.dtype.kind not in "fiub":
+            return math.nan, f"array {index} has dtype {new.dtype}"
+        if new.dtype.kind == "f":
+            if not np.isfinite(new).all():
+                return math.nan, f"array {index} holds NaN or Inf"
+            delta = new.astype(np.float64) - old.astype(np.float64)
+            total += float(np.dot(delta.ravel(), delta.ravel()))
+    norm = math.sqrt(total)
+    if max_norm > 0 and norm > max_norm:
+        return norm, f"update norm {norm:.4g} is above max_update_norm {max_norm:.4g}"
+    return norm, None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(text: str | None, limit: int = 300) -> str:
+    """The last meaningful line of an error report (Flower forwards whole tracebacks), shortened."""
+    lines = [line.strip() for line in _ANSI.sub("", text or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@dataclass
+class ClientRound:
+    """One client's part in a round (a line of ``metrics.jsonl``'s ``clients``)."""
+
+    node_id: int
+    status: str  # "ok", "rejected" or "failed"
+    partition_id: int | None = None
+    examples: int | None = None
+    train_loss: float | None = None
+    train_seconds: float | None = None
+    update_norm: float | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form without empty fields."""
+        return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one training round (filled by :class:`GuardedStrategy`)."""
+
+    server_round: int
+    started: float = field(default_factory=time.perf_counter)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    clients: list[ClientRound] = field(default_factory=list)
+
+
+class GuardedStrategy(Strategy):
+    """Wrap a Flower strategy with the update guard, minimum clients, ordering and round record.
+
+    Args:
+        inner: the Flower strategy doing the aggregation.
+        min_clients: usable replies a round needs.
+        max_update_norm: bound on an update's L2 norm (``0``: no bound).
+        round_offset: rounds already done (a resumed run passes the round it resumes from).
+    """
+
+    def __init__(
+        self, inner: Strategy, min_clients: int, max_update_norm: float = 0.0, round_offset: int = 0
+    ):
+        self.inner = inner
+        self.min_clients = min_clients
+        self.max_update_norm = max_update_norm
+        self.round_offset = round_offset
+        self.current: RoundRecord | None = None
+        self._reference: list[np.ndarray] = []
+
+    # -- training
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global weights, let the inner strategy sample and count bytes sent."""
+        true_round = server_round + self.round_offset
+        self.current = RoundRecord(server_round=true_round)
+        self._reference = arrays.to_numpy_ndarrays()
+        messages = list(self.inner.configure_train(true_round, arrays, config, grid))
+        self.current.bytes_sent = sum(
+            payload_bytes(record) for message in messages for record in message.content.array_records.values()
+        )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Drop failed and rejected replies, check ``min_clients``, aggregate the rest in order."""
+        true_round = server_round + self.round_offset
+        record = self.current if self.current is not None else RoundRecord(server_round=true_round)
+        accepted: list[tuple[int, int, Message]] = []
+        for message in replies:
+            node_id = int(message.metadata.src_node_id)
+            if message.has_error():
+                reason = short_reason(message.error.reason) or f"error code {message.error.code}"
+                LOG.warning("round %d: client node %d failed: %s", true_round, node_id, reason)
+                record.clients.append(ClientRound(node_id=node_id, status="failed", reason=reason))
+                continue
+            client = self._client_from_reply(node_id, message)
+            record.bytes_received += sum(payload_bytes(r) for r in message.content.array_records.values())
+            arrays = [r.to_numpy_ndarrays() for r in message.content.array_records.values()]
+            if len(arrays) != 1:
+                norm, reason = math.nan, f"{len(arrays)} ArrayRecords in the reply, expected 1"
+            else:
+                norm, reason = check_update(arrays[0], self._reference, self.max_update_norm)
+            client.update_norm = None if math.isnan(norm) else norm
+            if reason is not None:
+                LOG.warning(
+                    "round %d: rejected the update of client node %d: %s", true_round, node_id, reason
+                )
+                client.status, client.reason = "rejected", reason
+            else:
+                accepted.append(
+                    (client.partition_id if client.partition_id is not None else 1 << 30, node_id, message)
+                )
+            record.clients.append(client)
+        record.clients.sort(
+            key=lambda c: (c.partition_id if c.partition_id is not None else 1 << 30, c.node_id)
+        )
+        if len(accepted) < self.min_clients:
+            summary = ", ".join(
+                f"node {c.node_id}: {c.status} ({c.reason})" for c in record.clients if c.reason
+            )
+            raise RoundFailedError(
+                f"round {true_round}: {len(accepted)} usable client update(s), "
+                f"min_clients is {self.min_clients}" + (f" [{summary}]" if summary else "")
+            )
+        accepted.sort(key=lambda item: (item[0], item[1]))
+        return self.inner.aggregate_train(true_round, [message for _, _, message in accepted])
+
+    @staticmethod
+    def _client_from_reply(node_id: int, message: Message) -> ClientRound:
+        metrics: dict[str, Any] = {}
+        for metric_record in message.content.metric_records.values():
+            metrics.update(metric_record)
+        partition = metrics.get(METRIC_PARTITION)
+        return ClientRound(
+            node_id=node_id,
+            status="ok",
+            partition_id=int(partition) if partition is not None else None,
+            examples=int(metrics[METRIC_EXAMPLES]) if METRIC_EXAMPLES in metrics else None,
+            train_loss=float(metrics[METRIC_LOSS]) if METRIC_LOSS in metrics else None,
+            train_seconds=float(metrics[METRIC_SECONDS]) if METRIC_SECONDS in metrics else None,
+        )
+
+    # -- evaluation and summary: delegated
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the inner strategy (FleetFL evaluates centrally instead)."""
+        return self.inner.configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Delegate to the inner strategy."""
+        return self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
+
+    def summary(self) -> None:
+        """Log the guard's settings and the inner strategy's summary."""
+        LOG.info(
+            "GuardedStrategy(%s): min_clients=%d max_update_norm=%s round_offset=%d",
+            type(self.inner).__name__,
+            self.min_clients,
+            self.max_update_norm or "off",
+            self.round_offset,
+        )
+        self.inner.summary()
+
+    # -- server-side optimizer state (for exact resume)
+    _STATE_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Server-side optimizer state of the inner strategy as named arrays (empty if none)."""
+        state: dict[str, np.ndarray] = {}
+        for attribute in self._STATE_ATTRIBUTES:
+            value = getattr(self.inner, attribute, None)
+            if isinstance(value, dict):
+                state.update({f"{attribute}/{key}": np.asarray(array) for key, array in value.items()})
+            elif isinstance(value, list):
+                state.update({f"{attribute}/{index}": np.asarray(array) for index, array in enumerate(value)})
+        return state
+
+    def load_state_arrays(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_arrays` exported (before the first resumed round)."""
+        for attribute in self._STATE_ATTRIBUTES:
+            prefix = f"{attribute}/"
+            entries = {key[len(prefix) :]: array for key, array in state.items() if key.startswith(prefix)}
+            if not entries or not hasattr(self.inner, attribute):
+                continue
+            if attribute == "momentum_vector":
+                setattr(self.inner, attribute, [entries[str(i)] for i in range(len(entries))])
+            else:
+                setattr(self.inner, attribute, entries)

@@ -1,0 +1,485 @@
+"""The YOLO side of federated learning, free of Flower: model, weights, local training, evaluation.
+
+* Weights travel as a list of numpy arrays: every ``state_dict`` entry in order, BatchNorm running
+  statistics and ``num_batches_tracked`` included, so a round trip is bitwise exact.
+* Local training uses ultralytics' own :class:`DetectionTrainer` through a subclass
+  (:class:`FederatedTrainer`) whose ``get_model`` loads the global weights strictly: ``train()`` on a
+  yaml-built model would otherwise start from new random weights and silently ignore them.
+  The subclass also applies FedProx's proximal term, skips the per-round validation and pickled
+  ``last.pt``/``best.pt`` (the server evaluates centrally; weights leave as numpy arrays).
+* Evaluation uses ultralytics' :class:`DetectionValidator` on a fresh copy of the model (validation
+  fuses the model in place).
+
+Per process, the parsed model (one per yaml and class count) and the validators (with their data
+loaders) are cached, so that a client or server that runs many rounds pays their set-up once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import functools
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from federated.config import FederatedConfig, atomic_write_bytes
+
+if TYPE_CHECKING:  # heavy imports stay lazy: the CLI must start without torch
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+LOG = logging.getLogger(__name__)
+
+NDArrays = list[np.ndarray]
+
+
+class DatasetError(ValueError):
+    """A data.yaml that cannot be used (missing file, no class names)."""
+
+
+# ---------------------------------------------------------------------- dataset and model
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a client or the server needs to know about a YOLO-format ``data.yaml``."""
+
+    path: Path
+    names: dict[int, str]
+
+    @property
+    def nc(self) -> int:
+        """Number of classes."""
+        return len(self.names)
+
+
+def read_dataset(data_yaml: str | Path) -> DatasetInfo:
+    """Read a ``data.yaml`` (ultralytics format) and return its class names.
+
+    Raises:
+        DatasetError: the file is missing or has no ``names``.
+    """
+    path = Path(data_yaml).resolve()
+    if not path.is_file():
+        raise DatasetError(f"data.yaml not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise DatasetError(f"{path}: 'names' must be a non-empty list or mapping of class names")
+    return DatasetInfo(path=path, names={int(k): str(v) for k, v in names.items()})
+
+
+def count_images(data_yaml: str | Path, split: str = "train") -> int:
+    """Number of images in one split of a ``data.yaml`` (a folder, a list of folders or a .txt list)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    path = Path(data_yaml).resolve()
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    root = Path(data.get("path") or path.parent)
+    root = root if root.is_absolute() else (path.parent / root)
+    entries = data.get(split) or []
+    total = 0
+    for entry in entries if isinstance(entries, list) else [entries]:
+        target = Path(entry) if Path(entry).is_absolute() else root / entry
+        if target.is_dir():
+            total += sum(1 for p in target.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
+        elif target.is_file():
+            total += sum(1 for line in target.read_text(encoding="utf-8").splitlines() if line.strip())
+    return total
+
+
+@functools.lru_cache(maxsize=4)
+def _model_template(model_yaml: str, nc: int, seed: int) -> DetectionModel:
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DetectionModel(model_yaml, nc=nc, ch=3, verbose=False)
+
+
+def build_model(model_yaml: str, names: Mapping[int, str], seed: int = 0) -> DetectionModel:
+    """Build a detection model from an ultralytics yaml with ``len(names)`` classes.
+
+    The same ``(model_yaml, names, seed)`` always gives bitwise the same initial weights; the parsed
+    model is cached per process and a deep copy is returned.
+    """
+    model = copy.deepcopy(_model_template(model_yaml, len(names), seed))
+    model.names = dict(names)
+    model.nc = len(names)
+    return model
+
+
+def state_keys(model: torch.nn.Module) -> list[str]:
+    """The ``state_dict`` keys, in the order :func:`get_weights` uses."""
+    return list(model.state_dict().keys())
+
+
+def get_weights(model: torch.nn.Module) -> NDArrays:
+    """All ``state_dict`` entries as numpy arrays (copies, on the CPU, in their own dtype)."""
+    return [value.detach().cpu().numpy().copy() for value in model.state_dict().values()]
+
+
+def set_weights(model: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
+    """Load ``weights`` (as from :func:`get_weights`) into ``model``, strictly.
+
+    Each array is cast to the dtype of the tensor it replaces; integer tensors
+    (``num_batches_tracked``) are rounded first, since averaging turns them into floats.
+
+    Raises:
+        ValueError: the number of arrays or a shape does not match the model.
+    """
+    import torch
+
+    state = model.state_dict()
+    if len(weights) != len(state):
+        raise ValueError(f"got {len(weights)} arrays for a model with {len(state)} state_dict entries")
+    new_state = {}
+    for (key, current), array in zip(state.items(), weights, strict=True):
+        array = np.asarray(array)
+        if tuple(array.shape) != tuple(current.shape):
+            raise ValueError(
+                f"{key}: shape {tuple(array.shape)} does not match the model's {tuple(current.shape)}"
+            )
+        if not current.dtype.is_floating_point and array.dtype.kind == "f":
+            array = np.rint(array)
+        new_state[key] = torch.from_numpy(np.ascontiguousarray(array)).to(current.dtype)
+    model.load_state_dict(new_state, strict=True)
+
+
+def named_weights(keys: Sequence[str], weights: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Pair arrays with their ``state_dict`` keys (for checkpoints)."""
+    if len(keys) != len(weights):
+        raise ValueError(f"{len(keys)} keys for {len(weights)} arrays")
+    return dict(zip(keys, weights, strict=True))
+
+
+# ---------------------------------------------------------------------- local training
+@dataclass
+class TrainResult:
+    """What one client's local training returns."""
+
+    weights: NDArrays
+    num_examples: int
+    train_loss: float
+    seconds: float
+    loss_items: dict[str, float] = field(default_factory=dict)
+
+
+def _make_trainer_class() -> type:
+    """Define :class:`FederatedTrainer` lazily (it subclasses ultralytics' trainer)."""
+    import torch
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.patches import override_configs
+
+    class FederatedTrainer(DetectionTrainer):
+        """ultralytics' detection trainer, started from given weights, with FedProx and no local eval.
+
+        Args:
+            initial_weights: the global weights (``get_weights`` order) that training starts from.
+            proximal_mu: FedProx's mu; ``0`` trains plain local SGD.
+            overrides: ultralytics train arguments.
+        """
+
+        def __init__(
+            self,
+            initial_weights: Sequence[np.ndarray],
+            proximal_mu: float = 0.0,
+            overrides: dict[str, Any] | None = None,
+            _callbacks: Any = None,
+        ) -> None:
+            self.initial_weights = initial_weights
+            self.proximal_mu = float(proximal_mu)
+            self._global_params: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+            super().__init__(overrides=overrides, _callbacks=_callbacks)
+
+        def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> DetectionModel:
+            """Build the model from the (cached) yaml template and load the global weights, strictly."""
+            model = build_model(str(cfg), self.data["names"])
+            set_weights(model, self.initial_weights)
+            return model
+
+        def _setup_train(self) -> None:
+            super()._setup_train()
+            if self.proximal_mu > 0:
+                reference = dict(zip(state_keys(self.model), self.initial_weights, strict=True))
+                self._global_params = [
+                    (param, torch.from_numpy(np.asarray(reference[name])).to(param.device, param.dtype))
+                    for name, param in self.model.named_parameters()
+                    if param.requires_grad
+                ]
+
+        def optimizer_step(self) -> None:
+            """Add FedProx's gradient ``mu * (w - w_global)`` before ultralytics' own step.
+
+            This is the gradient of the proximal term ``mu/2 * ||w - w_global||^2`` added to the loss of
+            every optimizer step. Gradients are still multiplied by the AMP scaler's factor here (the
+            parent unscales them), so the term is scaled the same way.
+            """
+            if self._global_params:
+                scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+                with torch.no_grad():
+                    for param, reference in self._global_params:
+                        if param.grad is not None:
+                            param.grad.add_(param.detach() - reference, alpha=self.proximal_mu * scale)
+            super().optimizer_step()
+
+        def get_dataloader(
+            self, dataset_path: Any, batch_size: int = 16, rank: int = 0, mode: str = "train"
+        ) -> Any:
+            """The train loader as ultralytics builds it; the (unused) val loader without worker processes."""
+            if mode == "train":
+                return super().get_dataloader(dataset_path, batch_size, rank, mode)
+            with override_configs(self.args, {"workers": 0}):
+                return super().get_dataloader(dataset_path, batch_size, rank, mode)
+
+        def validate(self) -> tuple[dict[str, float], None]:
+            """No local validation: the server evaluates the global model on the held-out split."""
+            return {}, None
+
+        def save_model(self) -> bool:
+            """No pickled ``last.pt``/``best.pt``: the weights leave as numpy arrays."""
+            return False
+
+        def final_eval(self) -> None:
+            """Nothing to re-validate (see :meth:`validate`)."""
+
+        def plot_training_labels(self) -> None:
+            """No plots for a federated round."""
+
+    return FederatedTrainer
+
+
+@functools.cache
+def trainer_class() -> type:
+    """The :class:`FederatedTrainer` class (created on first use, after ultralytics is imported)."""
+    return _make_trainer_class()
+
+
+@functools.cache
+def _client_work_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="fleetfl-client-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def train_args(config: FederatedConfig, data_yaml: str | Path, seed: int, work_dir: Path) -> dict[str, Any]:
+    """ultralytics train arguments for one local round, every choice explicit.
+
+    ``lrf=1.0`` and ``cos_lr=False`` keep the learning rate constant (each round would otherwise
+    restart a decay); ``close_mosaic=0`` keeps ``mosaic`` as configured (with ``epochs <= 10`` it
+    would be off all round); ``pretrained=False`` and ``amp=False`` avoid weight downloads.
+    """
+    return {
+        "model": config.model,
+        "data": str(data_yaml),
+        "epochs": config.local_epochs,
+        "imgsz": config.imgsz,
+        "batch": config.batch,
+        "nbs": config.nbs,
+        "workers": config.workers,
+        "device": config.device or None,
+        "optimizer": config.optimizer,
+        "lr0": config.lr0,
+        "lrf": 1.0,
+        "cos_lr": False,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
+        "warmup_epochs": config.warmup_epochs,
+        "mosaic": config.mosaic,
+        "close_mosaic": 0,
+        "seed": seed,
+        "deterministic": True,
+        "pretrained": False,
+        "amp": False,
+        "val": False,
+        "plots": False,
+        "save": False,
+        "verbose": False,
+        "project": str(work_dir),
+        "name": "round",
+        "exist_ok": True,
+    }
+
+
+def round_seed(base_seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's local round: a pure function, so a resumed run repeats it exactly."""
+    return (base_seed * 1_000_003 + server_round * 1_009 + partition_id) % (2**31 - 1)
+
+
+def train_local(
+    weights: Sequence[np.ndarray],
+    data_yaml: str | Path,
+    config: FederatedConfig,
+    *,
+    seed: int,
+    proximal_mu: float = 0.0,
+    work_dir: Path | None = None,
+    callbacks: Mapping[str, Callable[[Any], None]] | None = None,
+) -> TrainResult:
+    """Train locally for ``config.local_epochs`` starting exactly from ``weights``.
+
+    Args:
+        weights: global weights (``get_weights`` order).
+        data_yaml: the client's ``data.yaml`` (its ``train`` split is used).
+        config: the run's configuration.
+        seed: seed of this round (see :func:`round_seed`).
+        proximal_mu: FedProx's mu (the proximal term is added to every optimizer step's loss).
+        work_dir: where ultralytics writes its small run files (default: a per-process temp dir).
+        callbacks: extra ultralytics callbacks ``{event: fn(trainer)}`` (tests use ``on_train_start``).
+
+    Returns:
+        The trained weights (fp32 EMA or raw, as ``config.send_weights`` says), the number of training
+        images, the mean training loss of the last epoch and the wall-clock seconds of ``train()``.
+    """
+    info = read_dataset(data_yaml)
+    args = train_args(config, info.path, seed, work_dir or _client_work_dir())
+    trainer = trainer_class()(initial_weights=list(weights), proximal_mu=proximal_mu, overrides=args)
+    for event, callback in (callbacks or {}).items():
+        trainer.add_callback(event, callback)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    source = trainer.ema.ema if config.send_weights == "ema" else trainer.model
+    new_weights = [
+        array.astype(np.float32) if array.dtype.kind == "f" else array for array in get_weights(source)
+    ]
+    loss_items = {str(k): float(v) for k, v in (trainer.tloss or {}).items()}
+    return TrainResult(
+        weights=new_weights,
+        num_examples=len(trainer.train_loader.dataset),
+        train_loss=float(sum(loss_items.values())) if loss_items else math.nan,
+        seconds=seconds,
+        loss_items=loss_items,
+    )
+
+
+# ---------------------------------------------------------------------- evaluation
+@dataclass
+class EvalResult:
+    """Central evaluation of a model on a held-out split."""
+
+    map50: float
+    map50_95: float
+    per_class: dict[str, dict[str, float]]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"map50": self.map50, "map50_95": self.map50_95, "per_class": self.per_class}
+
+
+_VALIDATORS: dict[tuple[str, int, int, str], Any] = {}
+
+
+def _validator(data_yaml: Path, imgsz: int, batch: int, device: str) -> Any:
+    """A cached ultralytics validator: its data loader is built once per process."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    key = (str(data_yaml), imgsz, batch, device)
+    if key not in _VALIDATORS:
+        args = {
+            "data": str(data_yaml),
+            "imgsz": imgsz,
+            "batch": batch,
+            "device": device or None,
+            "split": "val",
+            "plots": False,
+            "save_json": False,
+            "verbose": False,
+            "half": False,
+            "workers": 0,
+            "project": str(_client_work_dir()),
+            "name": "val",
+            "exist_ok": True,
+        }
+        _VALIDATORS[key] = DetectionValidator(args=args)
+    return _VALIDATORS[key]
+
+
+def evaluate(weights: Sequence[np.ndarray], data_yaml: str | Path, config: FederatedConfig) -> EvalResult:
+    """Evaluate ``weights`` on the ``val`` split of ``data_yaml`` with ultralytics' validator.
+
+    The validator fuses the model it is given, so it gets a fresh copy; ``weights`` are not changed.
+    """
+    info = read_dataset(data_yaml)
+    model = build_model(config.model, info.names)
+    set_weights(model, weights)
+    model.args = {"imgsz": config.imgsz, "task": "detect"}
+    validator = _validator(info.path, config.imgsz, config.batch, config.device)
+    start = time.perf_counter()
+    stats = validator(model=model)
+    metrics = validator.metrics
+    per_class: dict[str, dict[str, float]] = {}
+    for index, class_id in enumerate(metrics.ap_class_index):
+        ap = metrics.box.all_ap[index]
+        per_class[info.names[int(class_id)]] = {"map50": float(ap[0]), "map50_95": float(ap.mean())}
+    return EvalResult(
+        map50=float(stats.get("metrics/mAP50(B)", 0.0)),
+        map50_95=float(stats.get("metrics/mAP50-95(B)", 0.0)),
+        per_class=per_class,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------- export
+def export_ultralytics(
+    weights: Sequence[np.ndarray],
+    names: Mapping[int, str],
+    config: FederatedConfig,
+    path: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``weights`` as an ultralytics checkpoint (``YOLO(path)`` loads it), atomically.
+
+    The dict has the keys ultralytics' own (optimizer-stripped) checkpoints have; the model is kept in
+    fp32 so the file holds exactly the final global weights. ``.pt`` files are pickles by design: only
+    load ones you made (FleetFL's own checkpoints are safetensors).
+    """
+    import io
+    from datetime import datetime
+
+    import torch
+    import ultralytics
+
+    model = build_model(config.model, names)
+    set_weights(model, weights)
+    train_args_ = {
+        "task": "detect",
+        "model": config.model,
+        "imgsz": config.imgsz,
+        "batch": config.batch,
+        "epochs": config.local_epochs * config.rounds,
+    }
+    model.args = train_args_
+    model.task = "detect"
+    checkpoint = {
+        "date": datetime.now(UTC).isoformat(),
+        "version": ultralytics.__version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": model.eval(),
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": train_args_,
+        "train_metrics": dict(metadata or {}),
+    }
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

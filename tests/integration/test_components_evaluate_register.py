@@ -1,0 +1,74 @@
+"""evaluate_register against the embedded server: real ultralytics evaluation, real model registry."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from components.evaluate_register import WeightsError, evaluate_register, load_weights
+
+CONFIG = {"imgsz": 64, "batch": 4, "device": "cpu"}
+
+
+def _checkpoint(run_dir: Path) -> Path:
+    """A FleetFL checkpoint of an untrained yolov9t (what a federated run writes each round)."""
+    from datasets.classes import default_class_map
+    from federated.run_dir import save_checkpoint
+    from federated.yolo_task import build_model, get_weights, named_weights, state_keys
+
+    model = build_model("yolov9t.yaml", dict(enumerate(default_class_map().classes)))
+    return save_checkpoint(run_dir, 1, named_weights(state_keys(model), get_weights(model)))
+
+
+@pytest.mark.slow
+def test_candidate_is_evaluated_and_registered_with_metrics(clearml_server, tmp_path: Path) -> None:
+    from clearml import Model
+
+    from components.version_data import version_data
+    from federated.runtime import configure_offline
+
+    configure_offline(with_ultralytics=True)
+    project = f"fleetfl-test/er-{uuid.uuid4().hex[:6]}"
+    data = version_data("synthetic:12", clients=2, project=project, imgsz=64, eval_fraction=0.25)
+    weights = _checkpoint(tmp_path / "run")
+    out = evaluate_register(str(weights), data["eval"], project=project, config=CONFIG)
+    assert set(out) >= {"model_id", "map50", "map50_95", "per_class"}
+    assert 0.0 <= out["map50_95"] <= out["map50"] <= 1.0
+
+    found = Model.query_models(project_name=project, tags=["candidate"])
+    assert [model.id for model in found] == [out["model_id"]]
+    model = found[0]
+    assert model.name == "fleetfl-yolo"
+    assert model.get_metadata_casted("map50_95") == pytest.approx(out["map50_95"])
+    assert model.get_metadata("eval_dataset_id") == data["eval"]
+    assert model.get_metadata("model_yaml") == "yolov9t.yaml"
+    assert Path(model.get_local_copy()).read_bytes() == weights.read_bytes()  # uploaded as is
+
+
+def test_weights_that_do_not_match_the_model_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+
+    from federated.config import FederatedConfig
+    from federated.yolo_task import build_model, export_ultralytics, get_weights
+
+    model = build_model("yolov9t.yaml", {0: "car"})
+    path = tmp_path / "w.safetensors"
+    save_file({"model/not.a.key": np.zeros(2, dtype=np.float32)}, str(path))
+    with pytest.raises(WeightsError, match="does not match the model"):
+        load_weights(path, model)
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": model, "hook": os.getcwd}, hostile)  # a callable in the pickle: refused
+    with pytest.raises(WeightsError, match="never unpickles"):
+        load_weights(hostile, model)
+    final = export_ultralytics(get_weights(model), {0: "car"}, FederatedConfig(), tmp_path / "final.pt")
+    assert all(  # an ultralytics checkpoint loads through the allow-list of layer classes only
+        np.array_equal(a, b) for a, b in zip(load_weights(final, model), get_weights(model), strict=True)
+    )
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)  # a plain state_dict loads with weights_only=True
+    assert len(load_weights(state, model)) == len(model.state_dict())

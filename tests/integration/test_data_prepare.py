@@ -1,0 +1,110 @@
+"""``fleetfl data prepare`` end to end: layout, data.yaml that ultralytics accepts, report, atomicity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from datasets.classes import DEFAULT_CLASSES
+from datasets.errors import DataError
+from datasets.prepare import prepare
+from pipelines.cli import main
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.stem for p in (folder / "images").iterdir()}
+
+
+def test_cli_prepare_kitti(kitti_tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "kitti"
+    argv = ["data", "prepare", "--source", f"kitti:{kitti_tiny_dir}", "--clients", "3",
+            "--split", "dirichlet:0.5", "--seed", "4", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "client_2" in printed and "pedestrian" in printed and "skew" in printed
+    report = json.loads((out / "partition.json").read_text())
+    assert report["split"] == "dirichlet:0.5" and report["seed"] == 4 and report["images"] == 75
+    assert set(report["splits"]) == {"eval", "client_0", "client_1", "client_2"}
+    folders = [out / "eval", *(out / f"client_{i}" for i in range(3))]
+    stems = [_files(f) for f in folders]
+    assert sum(map(len, stems)) == 75 == len(set().union(*stems)), "disjoint and complete"
+    for folder, files in zip(folders, stems, strict=True):
+        assert {p.stem for p in (folder / "labels").iterdir()} == files
+        split = report["splits"][folder.name]
+        assert split["images"] == len(files) and sorted(split["files"]) == sorted(files)
+        data = yaml.safe_load((folder / "data.yaml").read_text())
+        assert "path" not in data and data["train"] == data["val"] == "images"
+        assert data["names"] == dict(enumerate(DEFAULT_CLASSES)) and data["nc"] == len(DEFAULT_CLASSES)
+    boxes = sum(s["per_class"]["car"]["boxes"] for s in report["splits"].values())
+    assert boxes == 209 + 25, "KITTI Car and Van are cars"
+    assert json.loads((out / "validation.json").read_text())["count"] == 0
+    # a second run replaces the previous output in place
+    assert main([*argv[:-2], "--out", str(out), "--split", "iid"]) == 0
+    assert json.loads((out / "partition.json").read_text())["split"] == "iid"
+
+
+def test_ultralytics_resolves_the_data_yaml(prepared_data_dir: Path) -> None:
+    from federated.runtime import configure_offline
+
+    configure_offline(with_ultralytics=True)
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(prepared_data_dir / "client_0" / "data.yaml"))
+    assert Path(data["train"]) == (prepared_data_dir / "client_0" / "images").resolve()
+    assert data["nc"] == len(DEFAULT_CLASSES)
+
+
+def test_synthetic_attribute_split(tmp_path: Path) -> None:
+    report = prepare(
+        "synthetic:30", clients=2, split="attribute:weather", seed=1, out=tmp_path / "d", imgsz=96
+    )
+    for name in ("client_0", "client_1"):
+        assert report["splits"][name]["attributes"]["weather"]
+    assert report["splits"]["eval"]["images"] == 6
+    from datasets.report import format_table
+
+    table = format_table(report).splitlines()
+    assert table[1].split()[:3] == ["split", "images", "boxes"] and table[1].split()[-1] == "weather"
+    assert table[2].startswith("eval") and "=" in table[3] and table[-1] == "(boxes per class)"
+
+
+def test_strict_failure_writes_nothing(make_kitti, tmp_path: Path) -> None:
+    root = make_kitti()
+    (root / "training" / "label_2" / "000003.txt").write_text("Car 0 0 0 1 2 3\n")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"000003\.txt:1: expected 15 fields, got 7"):
+        prepare(f"kitti:{root}", clients=2, out=out)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kitti"], "no temporary folder left behind"
+
+
+def test_refuses_to_replace_a_foreign_folder(make_kitti, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(DataError, match="not a FleetFL data folder"):
+        prepare(f"kitti:{make_kitti()}", clients=2, out=out)
+    assert (out / "notes.txt").read_text() == "keep"
+
+
+def test_cli_reports_bad_input_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "prepare", "--source", "synthetic:4", "--clients", "0", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == "fleetfl: error: --clients 0: must be an integer of at least 1"
+
+
+def test_layout_helpers(prepared_data_dir: Path, tmp_path: Path) -> None:
+    from datasets.layout import client_yaml, eval_yaml, num_clients, read_partition
+
+    assert num_clients(prepared_data_dir) == 2
+    assert client_yaml(prepared_data_dir, 1) == prepared_data_dir / "client_1" / "data.yaml"
+    assert eval_yaml(prepared_data_dir).parent.name == "eval"
+    assert read_partition(prepared_data_dir)["splits"]["client_0"]["images"] == 16
+    with pytest.raises(DataError, match="no data for client 2"):
+        client_yaml(prepared_data_dir, 2)
+    with pytest.raises(DataError, match="fleetfl data prepare"):
+        read_partition(tmp_path)

@@ -1,0 +1,214 @@
+"""The federate component on the embedded ClearML server with real clearml-agents.
+
+* bad arguments are refused before any task is created or enqueued (fast);
+* a server task on the server queue starts a SuperLink, enqueues one client task per shard, runs the
+  rounds and reports them (scalars per round, checkpoints, registered model, client tasks done);
+* cloning that server task, editing ``federated/rounds`` and enqueuing the clone runs the edited
+  number of rounds;
+* a server whose clients never come fails with a clear error and its client tasks are stopped.
+
+Queues get unique names so that other tests' agents never pick these tasks up.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components import federate as fed
+from components.common import ComponentError
+
+TINY = {
+    "rounds": 1,
+    "imgsz": 64,
+    "batch": 4,
+    "nbs": 4,
+    "model": "yolov8n.yaml",
+    "device": "cpu",
+    "round_timeout": 300.0,
+}
+
+
+def _task_count(project: str) -> int:
+    from clearml import Task
+
+    return len(Task.get_tasks(project_name=project)) if project else 0
+
+
+# ---------------------------------------------------------------------- fast: refused before enqueueing
+@pytest.mark.parametrize(
+    ("datasets", "options", "message"),
+    [
+        ({"clients": ["a" * 32]}, {}, "no 'eval' Dataset id"),
+        ({"eval": "e" * 32, "clients": []}, {}, "'clients' must be a non-empty list"),
+        ({"eval": "e" * 32, "clients": ["a" * 32]}, {"min_clients": 2}, "min_clients: 2"),
+        (
+            {"eval": "e" * 32, "clients": ["a" * 32, "b" * 32]},
+            {"client_queues": ["q1"]},
+            "one queue per shard",
+        ),
+        ({"eval": "e" * 32, "clients": ["a" * 32]}, {"rollback_threshold": 1.5}, "rollback_threshold"),
+        ({"eval": "e" * 32, "clients": ["a" * 32]}, {"client_wait_s": 0}, "client_wait_s"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_task(clearml_server, datasets, options, message) -> None:
+    project = f"fleetfl-test/federate-bad-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ComponentError, match=message):
+        fed.federate(datasets, TINY, project=project, server_queue="nobody-serves-this", **options)
+    assert _task_count(project) == 0
+
+
+def test_bad_config_is_refused_before_any_task(clearml_server) -> None:
+    from federated.config import ConfigError
+
+    project = f"fleetfl-test/federate-bad-{uuid.uuid4().hex[:6]}"
+    datasets = {"eval": "e" * 32, "clients": ["a" * 32, "b" * 32]}
+    with pytest.raises(ConfigError, match="strategy"):
+        fed.federate(datasets, {**TINY, "strategy": "fedmagic"}, project=project)
+    with pytest.raises(ConfigError, match="unknown key 'epochs'"):
+        fed.federate(datasets, {**TINY, "epochs": 3}, project=project)
+    with pytest.raises(ConfigError, match="min_clients: 3 is more than the 2 client shards"):
+        fed.federate(datasets, {**TINY, "min_clients": 3}, project=project)
+    assert _task_count(project) == 0
+
+
+def test_round_report_and_rollback_record() -> None:
+    row = {"round": 3, "map50_95": 0.1, "rolled_back_to": 2, "best_map50_95": 0.3}
+    assert fed.rollback_of(row) == {"round": 3, "map50_95": 0.1, "restored_round": 2, "best_map50_95": 0.3}
+    assert fed.rollback_of({"round": 1, "map50_95": 0.2}) is None
+
+
+# ---------------------------------------------------------------------- slow: real agents
+@pytest.fixture(scope="module")
+def fl_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Unique server/client queues, one server agent and two client agents (stopped at the end)."""
+    from queues.agents import start_agents, stop_agents, wait_for_workers
+
+    suffix = uuid.uuid4().hex[:6]
+    queues = {"server": f"p2-fl-server-{suffix}", "clients": f"p2-fl-clients-{suffix}"}
+    state = tmp_path_factory.mktemp("p2-agents")
+    records = start_agents(queues["server"], 1, state_dir=state) + start_agents(
+        queues["clients"], 2, state_dir=state
+    )
+    try:
+        assert wait_for_workers([r.worker_id for r in records], timeout_s=90), "agents did not register"
+        yield queues
+    finally:
+        stop_agents(state_dir=state)
+
+
+@pytest.fixture(scope="module")
+def shards(clearml_server) -> dict:
+    """16 synthetic 64 px images over 2 clients as ClearML Dataset versions."""
+    from components.version_data import version_data
+
+    project = f"fleetfl-test/federate-{uuid.uuid4().hex[:6]}"
+    return {**version_data("synthetic:16", clients=2, seed=1, project=project, imgsz=64), "project": project}
+
+
+@pytest.fixture(scope="module")
+def federated_run(shards: dict, fl_queues: dict[str, str]) -> dict:
+    """One federate call (1 round) through the server queue."""
+    return fed.federate(
+        shards,
+        TINY,
+        project=shards["project"],
+        server_queue=fl_queues["server"],
+        client_queue=fl_queues["clients"],
+        client_wait_s=240,
+        wait_timeout_s=600,
+    )
+
+
+def _scalar_iterations(task_id: str, title: str, series: str) -> list[int]:
+    from clearml import Task
+
+    scalars = Task.get_task(task_id=task_id).get_reported_scalars()
+    return [int(x) for x in scalars.get(title, {}).get(series, {}).get("x", [])]
+
+
+@pytest.mark.slow
+def test_server_task_runs_clients_reports_rounds_and_registers_the_model(
+    federated_run: dict, shards: dict
+) -> None:
+    from clearml import Model, Task
+
+    out = federated_run
+    assert [r["round"] for r in out["rounds"]] == [1]
+    assert 0.0 <= out["rounds"][0]["map50_95"] <= 1.0 and out["rounds"][0]["bytes_sent"] > 0
+    server = Task.get_task(task_id=out["server_task_id"])
+    assert server.get_status() == "completed"
+    params = server.get_parameters_as_dict()
+    assert params["federated"]["rounds"] == "1" and params["General"]["role"] == "server"
+    assert _scalar_iterations(server.id, "global", "map50_95") == [1]
+    assert _scalar_iterations(server.id, "client_loss", "client_0") == [1]
+    assert _scalar_iterations(server.id, "bytes", "sent") == [1]
+    assert "checkpoint-round-0001" in server.artifacts and "superlink-ca" in server.artifacts
+    props = server.get_user_properties(value_only=True)
+    assert props[fed.PROP_ADDRESS].startswith("127.0.0.1:") and len(props[fed.PROP_CA_SHA256]) == 64
+    assert len(out["client_task_ids"]) == 2
+    for index, client_id in enumerate(out["client_task_ids"]):
+        client = Task.get_task(task_id=client_id)
+        assert client.get_status() == "completed", client.data.status_message
+        assert client.parent == server.id
+        assert client.get_parameter("General/dataset_id") == shards["clients"][index]
+    model = Model(model_id=out["model_id"])
+    assert model.url and model.task == server.id
+
+
+@pytest.mark.slow
+def test_cloned_server_task_runs_the_edited_number_of_rounds(
+    federated_run: dict, fl_queues: dict[str, str]
+) -> None:
+    from clearml import Task
+
+    from components.common import read_output
+
+    clone = Task.clone(source_task=federated_run["server_task_id"], name="federate (2 rounds)")
+    clone.set_parameters({"federated/rounds": 2})
+    Task.enqueue(clone, queue_name=fl_queues["server"])
+    fed.wait_for_task(clone.id, timeout_s=600)
+    out = read_output(clone.id)
+    assert [r["round"] for r in out["rounds"]] == [1, 2]
+    assert _scalar_iterations(clone.id, "global", "map50_95") == [1, 2]
+    assert set(out["client_task_ids"]).isdisjoint(federated_run["client_task_ids"])
+
+
+@pytest.mark.slow
+def test_missing_clients_fail_clearly_and_are_cleaned_up(shards: dict, fl_queues: dict[str, str]) -> None:
+    from clearml import Task
+
+    nobody = f"p2-nobody-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    with pytest.raises(fed.FederateError, match="client SuperNode"):
+        fed.federate(
+            shards,
+            TINY,
+            project=shards["project"],
+            server_queue=fl_queues["server"],
+            client_queue=nobody,
+            client_wait_s=15,
+            wait_timeout_s=300,
+        )
+    assert time.monotonic() - started < 280
+    server = Task.get_tasks(
+        project_name=shards["project"], task_name="federate", task_filter={"status": ["failed"]}
+    )
+    assert server, "the failed server task is not there"
+    children = Task.get_tasks(task_filter={"parent": server[0].id})
+    assert len(children) == 2
+    assert all(child.get_status() == "stopped" for child in children)
+
+
+def test_find_data_yaml(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "data.yaml").write_text("nc: 1\n")
+    assert fed._find_data_yaml(tmp_path) == tmp_path / "a" / "data.yaml"
+    (tmp_path / "data.yaml").write_text("nc: 1\n")
+    assert fed._find_data_yaml(tmp_path) == tmp_path / "data.yaml"
+    with pytest.raises(ComponentError, match=r"expected one data\.yaml"):
+        fed._find_data_yaml(tmp_path / "a" / "missing")

@@ -1,0 +1,82 @@
+"""Flower's Simulation Engine end to end: 2 clients x 2 rounds, resume, and a client that fails.
+
+One shared run (``fl_simulation_run``, started through ``fleetfl federate``) feeds the artifact and
+resume tests; each further test starts one more short simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federated import run_dir as rd
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fl_ultralytics")]
+
+
+def test_two_clients_two_rounds_write_every_artifact(fl_simulation_run: Path) -> None:
+    from ultralytics import YOLO
+
+    from federated import yolo_task
+
+    rows = rd.read_metrics(fl_simulation_run)
+    assert [row["round"] for row in rows] == [1, 2]
+    for row in rows:
+        assert {"map50", "map50_95", "per_class", "round_seconds", "bytes_sent", "bytes_received"} <= set(row)
+        assert 0.0 <= row["map50_95"] <= row["map50"] <= 1.0
+        assert row["bytes_sent"] > 2 * 8e6 and row["bytes_received"] > 2 * 8e6  # two v9t models each way
+        clients = row["clients"]
+        assert [c["partition_id"] for c in clients] == [0, 1]
+        assert all(c["status"] == "ok" and c["examples"] > 0 and c["train_seconds"] > 0 for c in clients)
+        assert all(np.isfinite(c["train_loss"]) for c in clients)
+    assert rd.list_checkpoints(fl_simulation_run) == [1, 2]
+    assert (fl_simulation_run / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    final = rd.load_checkpoint(fl_simulation_run)
+    assert final.round == 2
+    model = YOLO(str(fl_simulation_run / "final.pt"))
+    assert model.task == "detect"
+    exported = yolo_task.get_weights(model.model)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(final.weight_list(), exported, strict=True))
+    info = json.loads((fl_simulation_run / "run.json").read_text())
+    assert info["engine"] == "simulation" and info["clients"] == 2
+
+
+def test_resume_from_round_one_repeats_round_two_exactly(fl_simulation_run: Path, tmp_path: Path) -> None:
+    from tests.fixtures.federated import run_federate_command
+
+    copy = tmp_path / "resumed"
+    shutil.copytree(fl_simulation_run, copy)
+    assert run_federate_command(["federate", "--resume", str(copy), "--resume-round", "1"]) == 0
+    original, resumed = rd.load_checkpoint(fl_simulation_run, 2), rd.load_checkpoint(copy, 2)
+    differing = [k for k in original.weights if original.weights[k].tobytes() != resumed.weights[k].tobytes()]
+    assert differing == [], "resumed round 2 must equal the uninterrupted round 2 bitwise (seeded, CPU)"
+    rows = rd.read_metrics(copy)
+    assert [row["round"] for row in rows] == [1, 2]
+    assert rows[1]["map50_95"] == rd.read_metrics(fl_simulation_run)[1]["map50_95"]
+
+
+def test_failed_client_below_min_clients_stops_with_last_checkpoint_intact(
+    fl_simulation_run: Path, fl_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fixtures.federated import run_federate_command
+
+    broken = tmp_path / "data"
+    shutil.copytree(fl_data_dir, broken)
+    shutil.rmtree(broken / "client_1" / "images")  # client 1's training fails in every round
+    run = tmp_path / "run"
+    shutil.copytree(fl_simulation_run, run)
+    before = rd.checkpoint_paths(run, 1)[0].read_bytes()
+    code = run_federate_command(
+        ["federate", "--resume", str(run), "--resume-round", "1", "--data", str(broken)]
+    )
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "round 2: 1 usable client update(s), min_clients is 2" in error
+    assert "last checkpoint is round 1" in error
+    assert rd.list_checkpoints(run) == [1]
+    assert rd.checkpoint_paths(run, 1)[0].read_bytes() == before
+    assert [row["round"] for row in rd.read_metrics(run)] == [1]

@@ -1,0 +1,214 @@
+"""Strategies: Flower's own aggregation on real ArrayRecords, behind FleetFL's update guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from federated.config import STRATEGIES, FederatedConfig
+from federated.strategies import (
+    METRIC_EXAMPLES,
+    METRIC_LOSS,
+    METRIC_PARTITION,
+    METRIC_SECONDS,
+    GuardedStrategy,
+    RoundFailedError,
+    build_strategy,
+    check_update,
+    payload_bytes,
+)
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    """Messages are made in a ServerApp process, whose identity Flower sets; set it like it does."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class StaticGrid(Grid):
+    """Only node sampling: the strategies call ``get_node_ids``; nothing is sent in these tests."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    def set_run(self, run):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    @property
+    def run(self):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def push_messages(self, messages):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - unused
+        raise NotImplementedError
+
+
+def _global() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32), np.array(7)]
+
+
+def _reply(node_id: int, arrays: list[np.ndarray], examples: int, partition: int) -> Message:
+    instruction = Message(
+        RecordDict({"config": ConfigRecord()}), dst_node_id=node_id, message_type=MessageType.TRAIN
+    )
+    metrics = MetricRecord(
+        {METRIC_EXAMPLES: examples, METRIC_LOSS: 0.5, METRIC_SECONDS: 1.0, METRIC_PARTITION: partition}
+    )
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=instruction)
+
+
+def _failure(node_id: int, reason: str) -> Message:
+    instruction = Message(
+        RecordDict({"config": ConfigRecord()}), dst_node_id=node_id, message_type=MessageType.TRAIN
+    )
+    return Message(Error(code=1, reason=reason), reply_to=instruction)
+
+
+def _updates() -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [
+        [np.asarray(a + rng.normal(scale=0.1, size=a.shape)).astype(a.dtype) for a in _global()]
+        for _ in range(3)
+    ]
+
+
+def _start_round(strategy: GuardedStrategy, nodes: list[int]) -> None:
+    messages = list(strategy.configure_train(1, ArrayRecord(_global()), ConfigRecord(), StaticGrid(nodes)))
+    assert len(messages) == len(nodes)
+
+
+def test_fedavg_is_the_example_weighted_mean() -> None:
+    strategy = GuardedStrategy(build_strategy(FederatedConfig(min_clients=3)), min_clients=3)
+    _start_round(strategy, [11, 12, 13])
+    updates, examples = _updates(), [10, 30, 60]
+    replies = [
+        _reply(n, u, e, p) for p, (n, u, e) in enumerate(zip([11, 12, 13], updates, examples, strict=True))
+    ]
+    arrays, metrics = strategy.aggregate_train(1, reversed(replies))  # arrival order must not matter
+    assert arrays is not None and metrics is not None
+    total = sum(examples)
+    for index, result in enumerate(arrays.to_numpy_ndarrays()):
+        expected = sum(
+            np.float64(e) / total * u[index].astype(np.float64)
+            for u, e in zip(updates, examples, strict=True)
+        )
+        np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+    record = strategy.current
+    assert record is not None and [c.partition_id for c in record.clients] == [0, 1, 2]
+    serialized = payload_bytes(ArrayRecord(_global()))  # numpy .npy bytes: data plus a small header
+    assert serialized > sum(a.nbytes for a in _global())
+    assert record.bytes_sent == record.bytes_received == 3 * serialized
+
+
+def test_nan_update_is_rejected_and_the_round_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    strategy = GuardedStrategy(build_strategy(FederatedConfig(min_clients=2)), min_clients=2)
+    _start_round(strategy, [1, 2, 3])
+    good_a, good_b, bad = _updates()
+    bad[0][1, 2] = np.nan
+    replies = [_reply(1, good_a, 10, 0), _reply(2, bad, 10, 1), _reply(3, good_b, 30, 2)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    expected = (10 * good_a[0].astype(np.float64) + 30 * good_b[0]) / 40
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], expected, rtol=1e-6)
+    statuses = {c.node_id: (c.status, c.reason) for c in strategy.current.clients}
+    assert statuses[2][0] == "rejected" and "NaN" in statuses[2][1]
+    assert "rejected the update of client node 2" in caplog.text
+
+
+def test_norm_bound_rejects_large_updates() -> None:
+    reference = _global()
+    small, _ = check_update(
+        [a + np.float32(0.01) if a.dtype.kind == "f" else a for a in reference], reference, 1.0
+    )
+    assert small is not None and small < 1.0
+    norm, reason = check_update([a * 100 if a.dtype.kind == "f" else a for a in reference], reference, 1.0)
+    assert norm > 1.0 and "max_update_norm" in reason
+    assert check_update(reference[:2], reference, 0.0)[1] is not None  # wrong count
+    assert check_update([reference[0].T, *reference[1:]], reference, 0.0)[1] is not None  # wrong shape
+
+
+def test_failed_client_is_tolerated_down_to_min_clients() -> None:
+    strategy = GuardedStrategy(build_strategy(FederatedConfig(min_clients=1)), min_clients=1)
+    _start_round(strategy, [1, 2])
+    update = _updates()[0]
+    arrays, _ = strategy.aggregate_train(
+        1, [_reply(1, update, 8, 0), _failure(2, "Traceback...\nOSError: died")]
+    )
+    assert arrays is not None
+    np.testing.assert_array_equal(arrays.to_numpy_ndarrays()[0], update[0])
+    failed = [c for c in strategy.current.clients if c.status == "failed"]
+    assert failed and failed[0].reason == "OSError: died"
+
+
+def test_too_few_usable_updates_stop_the_run() -> None:
+    strategy = GuardedStrategy(build_strategy(FederatedConfig(min_clients=2)), min_clients=2, round_offset=4)
+    _start_round(strategy, [1, 2])
+    with pytest.raises(RoundFailedError, match=r"round 5: 1 usable client update\(s\), min_clients is 2"):
+        strategy.aggregate_train(1, [_reply(1, _updates()[0], 8, 0), _failure(2, "killed")])
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("fedavg", FedAvg),
+        ("fedavgm", FedAvgM),
+        ("fedprox", FedProx),
+        ("fedadam", FedAdam),
+        ("fedyogi", FedYogi),
+        ("fedmedian", FedMedian),
+        ("fedtrimmedavg", FedTrimmedAvg),
+        ("krum", Krum),
+    ],
+)
+def test_every_strategy_is_flowers_own_class(name: str, cls: type) -> None:
+    assert name in STRATEGIES
+    strategy = build_strategy(FederatedConfig(strategy=name, min_clients=3))
+    assert type(strategy) is cls
+    assert strategy.min_train_nodes == 3 and strategy.fraction_evaluate == 0.0
+
+
+def test_fedprox_sends_mu_and_fedavgm_state_survives_export() -> None:
+    config = FederatedConfig(strategy="fedprox", proximal_mu=0.25)
+    strategy = GuardedStrategy(build_strategy(config), min_clients=2)
+    messages = list(strategy.configure_train(1, ArrayRecord(_global()), ConfigRecord(), StaticGrid([1, 2])))
+    assert messages[0].content["config"]["proximal-mu"] == 0.25
+
+    momentum = GuardedStrategy(build_strategy(FederatedConfig(strategy="fedavgm")), min_clients=2)
+    _start_round(momentum, [1, 2])
+    momentum.aggregate_train(1, [_reply(1, _updates()[0], 5, 0), _reply(2, _updates()[1], 5, 1)])
+    state = momentum.state_arrays()
+    assert state and all(key.startswith("momentum_vector/") for key in state)
+    restored = GuardedStrategy(build_strategy(FederatedConfig(strategy="fedavgm")), min_clients=2)
+    restored.load_state_arrays(state)
+    for a, b in zip(restored.inner.momentum_vector, momentum.inner.momentum_vector, strict=True):
+        np.testing.assert_array_equal(a, b)

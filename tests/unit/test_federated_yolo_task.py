@@ -1,0 +1,117 @@
+"""The Flower-free YOLO task: exact weights, training from the global weights, FedProx, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("fl_ultralytics")
+
+
+@pytest.fixture(scope="module")
+def global_weights(fl_data_dir: Path, fl_config) -> list[np.ndarray]:
+    from federated import yolo_task
+
+    names = yolo_task.read_dataset(fl_data_dir / "client_0" / "data.yaml").names
+    return yolo_task.get_weights(yolo_task.build_model(fl_config.model, names, seed=fl_config.seed))
+
+
+def _norm(update: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    return float(
+        np.sqrt(sum(((u.astype(np.float64) - r) ** 2).sum() for u, r in zip(update, reference, strict=True)))
+    )
+
+
+def test_weights_round_trip_is_bitwise_and_complete(fl_data_dir: Path, fl_config, global_weights) -> None:
+    from federated import yolo_task
+
+    names = yolo_task.read_dataset(fl_data_dir / "eval" / "data.yaml").names
+    model = yolo_task.build_model(fl_config.model, names, seed=123)  # other random weights
+    state = model.state_dict()
+    assert len(global_weights) == len(state)  # BatchNorm statistics and num_batches_tracked included
+    assert any(key.endswith("num_batches_tracked") for key in state)
+    yolo_task.set_weights(model, global_weights)
+    back = yolo_task.get_weights(model)
+    for sent, received in zip(global_weights, back, strict=True):
+        assert sent.dtype == received.dtype and sent.shape == received.shape
+        assert sent.tobytes() == received.tobytes()
+    # averaging makes num_batches_tracked float64: it is rounded back, not truncated
+    averaged = [w.astype(np.float64) - 1e-9 if w.dtype.kind == "i" else w for w in global_weights]
+    yolo_task.set_weights(model, averaged)
+    assert all(
+        a.tobytes() == b.tobytes() for a, b in zip(global_weights, yolo_task.get_weights(model), strict=True)
+    )
+    with pytest.raises(ValueError, match="shape"):
+        yolo_task.set_weights(model, [global_weights[0][:1], *global_weights[1:]])
+    with pytest.raises(ValueError, match="arrays"):
+        yolo_task.set_weights(model, global_weights[:-1])
+
+
+def test_build_model_is_seeded(fl_data_dir: Path, fl_config) -> None:
+    from federated import yolo_task
+
+    names = yolo_task.read_dataset(fl_data_dir / "eval" / "data.yaml").names
+    first = yolo_task.get_weights(yolo_task.build_model(fl_config.model, names, seed=5))
+    again = yolo_task.get_weights(yolo_task.build_model(fl_config.model, names, seed=5))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.slow
+def test_local_training_starts_exactly_from_the_global_weights_and_fedprox_pulls_back(
+    fl_data_dir: Path, fl_config, global_weights
+) -> None:
+    from federated import yolo_task
+
+    data_yaml = fl_data_dir / "client_0" / "data.yaml"
+    seen: dict[str, list[np.ndarray]] = {}
+
+    def at_start(trainer) -> None:
+        seen["start"] = yolo_task.get_weights(trainer.model)
+
+    config = fl_config.replace(optimizer="SGD", lr0=0.05)  # nbs=batch: a step per batch, so the term acts
+    plain = yolo_task.train_local(
+        global_weights, data_yaml, config, seed=7, callbacks={"on_train_start": at_start}
+    )
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(global_weights, seen["start"], strict=True))
+    assert plain.num_examples == yolo_task.count_images(data_yaml, "train") > 0
+    assert np.isfinite(plain.train_loss) and plain.seconds > 0
+    assert all(w.dtype != np.float16 for w in plain.weights)
+    assert [w.shape for w in plain.weights] == [w.shape for w in global_weights]
+
+    repeat = yolo_task.train_local(global_weights, data_yaml, config, seed=7)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(plain.weights, repeat.weights, strict=True)), (
+        "a seeded round is deterministic on CPU (resume relies on it)"
+    )
+    prox = yolo_task.train_local(global_weights, data_yaml, config, seed=7, proximal_mu=50.0)
+    assert _norm(prox.weights, global_weights) < _norm(plain.weights, global_weights), (
+        "the proximal term pulls the local model towards the global weights"
+    )
+    raw = yolo_task.train_local(global_weights, data_yaml, config.replace(send_weights="raw"), seed=7)
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(raw.weights, plain.weights, strict=True))
+
+
+@pytest.mark.slow
+def test_evaluation_and_ultralytics_export(
+    fl_data_dir: Path, fl_config, global_weights, tmp_path: Path
+) -> None:
+    from ultralytics import YOLO
+
+    from federated import yolo_task
+
+    eval_yaml = fl_data_dir / "eval" / "data.yaml"
+    names = yolo_task.read_dataset(eval_yaml).names
+    kept = [w.copy() for w in global_weights]
+    first = yolo_task.evaluate(global_weights, eval_yaml, fl_config)
+    again = yolo_task.evaluate(global_weights, eval_yaml, fl_config)  # cached validator, same answer
+    assert (first.map50, first.map50_95) == (again.map50, again.map50_95)
+    assert 0.0 <= first.map50_95 <= first.map50 <= 1.0
+    assert set(first.per_class) <= set(names.values())
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(kept, global_weights, strict=True))
+
+    path = yolo_task.export_ultralytics(global_weights, names, fl_config, tmp_path / "final.pt", {"round": 0})
+    yolo = YOLO(str(path))
+    assert yolo.task == "detect" and yolo.names == names
+    loaded = yolo_task.get_weights(yolo.model)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(global_weights, loaded, strict=True))
