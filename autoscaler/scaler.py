@@ -60,7 +60,7 @@ def resource_configuration(config: AutoscalerConfig, resource: Resource) -> dict
     conf: dict[str, Any] = {
         "instance_type": resource.instance_type,
         "ami_id": resource.ami,
-        "is_spot": resource.spot,
+        "is_spot": False,  # spot goes through RunInstances' market options (see below)
         "cpu_only": resource.cpu_only,
         # ClearML parses tags from a "k=v, k2=v2" string (the config refuses ',' and '=' in keys)
         "tags": ", ".join(f"{key}={value}" for key, value in tags.items()),
@@ -77,19 +77,29 @@ def resource_configuration(config: AutoscalerConfig, resource: Resource) -> dict
         conf["ebs_device_name"] = resource.ebs_device_name
         conf["ebs_volume_size"] = resource.ebs_size_gb
         conf["ebs_volume_type"] = resource.ebs_volume_type
-    if not resource.spot:
-        # Merged into run_instances' arguments by ClearML. Tags at launch cover the volumes too
-        # (cost allocation) and leave no untagged instance if tagging afterwards fails; IMDSv2 only
-        # keeps the instance profile's credentials away from SSRF. A spot request's launch
-        # specification accepts neither, so spot instances get their tags after launch (ClearML).
-        aws_tags = [{"Key": key, "Value": value} for key, value in tags.items()]
-        conf["extra_configurations"] = {
-            "TagSpecifications": [
-                {"ResourceType": "instance", "Tags": aws_tags},
-                {"ResourceType": "volume", "Tags": aws_tags},
-            ],
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+    # Merged into ClearML's RunInstances arguments. Tags at launch cover the volumes too (cost
+    # allocation) and leave no untagged instance if tagging afterwards fails; IMDSv2 only keeps the
+    # instance profile's credentials away from SSRF.
+    aws_tags = [{"Key": key, "Value": value} for key, value in tags.items()]
+    extra: dict[str, Any] = {
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": aws_tags},
+            {"ResourceType": "volume", "Tags": aws_tags},
+        ],
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+    }
+    if resource.spot:
+        # Spot through RunInstances (one-time, terminated on interruption) rather than ClearML's
+        # `is_spot` path: that one calls RequestSpotInstances and then blocks the whole scaler in a
+        # waiter for up to 10 minutes when capacity is short, leaving the open request behind (to
+        # be fulfilled later as an untagged, untracked instance), and its launch specification
+        # takes neither tags nor metadata options. RunInstances fails at once instead (ClearML
+        # logs it and retries next poll).
+        extra["InstanceMarketOptions"] = {
+            "MarketType": "spot",
+            "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
         }
+    conf["extra_configurations"] = extra
     return conf
 
 

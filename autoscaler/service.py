@@ -14,6 +14,7 @@ AWS credentials never enter the task: on the agent's machine boto3 reads them fr
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,20 +135,24 @@ def load_from_task(task: Any) -> tuple[AutoscalerConfig, int | None]:
     return config, (cycles if cycles > 0 else None)
 
 
-def checkout_remote(root: Path = REPO_ROOT) -> str | None:
-    """The ``origin`` URL of the git checkout at ``root``, or None (no git, no remote)."""
+def checkout_source(root: Path = REPO_ROOT) -> tuple[str, str] | None:
+    """(``origin`` URL, ``HEAD`` commit) of the git checkout at ``root``, or None without either."""
     import shutil
     import subprocess
 
     git = shutil.which("git")
     if git is None:
         return None
-    result = subprocess.run(
-        [git, "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
+    answers = []
+    for args in (["remote", "get-url", "origin"], ["rev-parse", "HEAD"]):
+        result = subprocess.run([git, "-C", str(root), *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not result.stdout.strip():
+            return None
+        answers.append(result.stdout.strip())
+    url, commit = answers
+    if "://" not in url and not re.match(r"^[\w.-]+@[\w.-]+:", url):  # a local path: a file:// URL
+        url = (root / url).resolve().as_uri()  # (ClearML would take a bare path for a local folder)
+    return url, commit
 
 
 def enqueue_service(
@@ -156,10 +161,11 @@ def enqueue_service(
     """Create the autoscaler's ClearML service task and enqueue it on ``queue``; returns its id.
 
     The task runs ``python -m autoscaler.service`` with the repository root as working directory.
-    Its code comes from ``repo`` (a git URL or a local checkout; default: this checkout when it has
-    an ``origin`` remote, at its current commit plus uncommitted changes, as ClearML records it).
-    With ``repo=""`` or no remote, the task records no repository and the agent must import FleetFL
-    from its own Python path (``CLEARML_AGENT_EXTRA_PYTHON_PATH=<FleetFL checkout>``).
+    Its code: ``repo`` (a git URL, latest commit of its default branch, or a local checkout: its
+    ``origin`` at its ``HEAD`` commit); by default this checkout's ``origin`` at ``HEAD`` (push it
+    first: uncommitted changes are not included). With ``repo=""``, or no ``origin``, the task
+    records no repository and the agent must import FleetFL from its own Python path
+    (``CLEARML_AGENT_EXTRA_PYTHON_PATH=<FleetFL checkout>``).
     """
     from clearml import Task
 
@@ -170,21 +176,31 @@ def enqueue_service(
             f"--queue {queue}: no such queue on the ClearML server (start a services agent with "
             f"`clearml-agent daemon --services-mode --queue {queue} --create-queue` first)"
         )
-    if repo is None and checkout_remote() is not None:
-        repo = str(REPO_ROOT)
-    repo = repo or None
+    commit = None
+    if repo is None or (repo and Path(repo).is_dir()):
+        # ClearML's own detection records no repository for a module entry point in a local
+        # folder: name the remote and commit explicitly
+        source = checkout_source(Path(repo) if repo else REPO_ROOT)
+        if source is None and repo:
+            raise AutoscalerConfigError(f"--repo {repo}: not a git checkout with an 'origin' remote")
+        repo, commit = source if source else (None, None)
     task = Task.create(
         project_name=config.service_project,
         task_name=config.service_name,
         task_type=Task.TaskTypes.service,
-        repo=repo,
+        repo=repo or None,
+        commit=commit,
         module="autoscaler.service",
         working_directory=".",
         add_task_init_call=False,
         detect_repository=False,
     )
-    store_on_task(task, config, cycles)
-    Task.enqueue(task, queue_name=queue)
+    try:
+        store_on_task(task, config, cycles)
+        Task.enqueue(task, queue_name=queue)
+    except BaseException:
+        task.delete()  # no half-made service task left behind
+        raise
     log.info("autoscaler service task %s enqueued on %r", task.id, queue)
     return task.id
 

@@ -20,7 +20,7 @@ WAIT_S = 15.0
 
 def register(subparsers: Any) -> None:
     """Add the ``server`` command group."""
-    from clearml_local import server as srv
+    from clearml_local import settings as srv
 
     parser = subparsers.add_parser("server", help="the embedded ClearML-compatible server")
     commands = parser.add_subparsers(dest="server_command", metavar="ACTION", required=True)
@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from clearml_local.server import default_data_dir
+    from clearml_local.settings import default_data_dir
 
     return (args.data or default_data_dir()).resolve()
 
@@ -82,7 +82,7 @@ def _ping(api_host: str, timeout: float = 2.0) -> bool:
 
 def running_state(data_dir: Path) -> dict[str, Any] | None:
     """``server.json`` of a live server on ``data_dir`` (its process exists), else ``None``."""
-    from clearml_local.server import read_state
+    from clearml_local.settings import read_state
 
     state = read_state(data_dir)
     if state is None or not _alive(int(state.get("pid", -1))):
@@ -174,7 +174,7 @@ def client_settings(data_dir: Path) -> dict[str, str]:
     Uses the running server's address if there is one, else the default ports. Creates the
     credentials if the server never ran (so that a config can be written before the first start).
     """
-    from clearml_local import server as srv
+    from clearml_local import settings as srv
     from clearml_local.auth import load_or_create_credentials
 
     creds = load_or_create_credentials(data_dir)

@@ -13,10 +13,10 @@ Storage (SQLite, next to the documents)
     ``events``: scalars, vectors, plots and debug images, one row each, unique per
     (task, model_event, type, metric, variant, iter): re-reporting the same point replaces it, as in
     clearml-server. Scalars keep only columns; other types keep their extra fields (``plot_str``,
-    ``url``, ``values``...) as a JSON ``doc``. ``event_logs``: console lines. Rows are numbered in
-    key order (type, metric, variant, iteration), which is the order reads return and scroll by;
-    ``events`` is a WITHOUT ROWID table clustered on that key (one B-tree: about twice the insert
-    speed and half the size of a rowid table with a unique index).
+    ``url``, ``values``...) as a JSON ``doc``. ``events`` is a WITHOUT ROWID table clustered on
+    that key (one B-tree: about twice the insert speed and half the size of a rowid table with a
+    unique index); reads return and scroll events in key order (type, metric, variant, iteration).
+    ``event_logs``: console lines, numbered in arrival order (``seq``).
 
 Reads used by the SDK (``Task.get_reported_scalars``, ``get_all_reported_scalars``,
 ``get_reported_plots``, ``get_reported_console_output``, ``get_debug_samples``,

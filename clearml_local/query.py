@@ -251,16 +251,25 @@ def build_filters(
 
 
 # --- ordering, paging, projection -----------------------------------------------------------------
-def _sort_key(value: Any) -> tuple[int, Any]:
-    if value is _MISSING or value is None:
-        return (0, 0)
-    if isinstance(value, bool):
-        return (5, value)
-    if isinstance(value, int | float):
-        return (1, value)
-    if isinstance(value, str):
-        return (2, value)
-    return (3, str(value))
+_RANKS: dict[type, int] = {int: 1, float: 1, str: 2, bool: 5}
+
+
+def _sort_key_for(parts: list[str]) -> Callable[[dict[str, Any]], tuple[int, Any]]:
+    """A sort key: (type rank, value); missing/None first, numbers, strings, others (as MongoDB)."""
+
+    def key(doc: dict[str, Any]) -> tuple[int, Any]:
+        value: Any = doc
+        try:
+            for part in parts:
+                value = value[part]
+        except (KeyError, TypeError, IndexError):
+            return (0, 0)
+        if value is None:
+            return (0, 0)
+        rank = _RANKS.get(type(value))
+        return (rank, value) if rank is not None else (3, str(value))
+
+    return key
 
 
 def order(docs: list[dict[str, Any]], order_by: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -273,9 +282,7 @@ def order(docs: list[dict[str, Any]], order_by: Sequence[str] | None) -> list[di
     for spec in reversed(order_by):
         if not isinstance(spec, str) or not spec.strip("-"):
             raise validation_error("field 'order_by' must be an array of field names")
-        descending = spec.startswith("-")
-        parts = spec.lstrip("-").split(".")
-        result.sort(key=lambda d, p=parts: _sort_key(get_path(d, p)), reverse=descending)
+        result.sort(key=_sort_key_for(spec.lstrip("-").split(".")), reverse=spec.startswith("-"))
     return result
 
 
@@ -346,6 +353,37 @@ def _exclude(doc: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
     return out
 
 
+def candidates(
+    store: Any, collection: str, body: dict[str, Any], index_fields: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The documents a query can match, narrowed by ``id`` or the most selective indexed field.
+
+    A superset of the matches (the query's predicates still run over it): ``id`` lists are looked
+    up directly, otherwise the smallest equality filter on one of ``index_fields`` (see
+    ``store.INDEXED_FIELDS``) picks the candidates, else every document.
+    """
+    wanted_ids = body.get("id")
+    if isinstance(wanted_ids, str):
+        wanted_ids = [wanted_ids]
+    if isinstance(wanted_ids, list) and wanted_ids and all(isinstance(i, str) for i in wanted_ids):
+        docs = (store.get(collection, i) for i in dict.fromkeys(wanted_ids))
+        return [d for d in docs if d is not None]
+    best: tuple[int, str, list[Any]] | None = None
+    for field in index_fields:
+        value = body.get(field, _MISSING)
+        if value is _MISSING or value is None or isinstance(value, dict):
+            continue
+        values = value if isinstance(value, list) else [value]
+        if _ranges(values) is not None:
+            continue
+        size = store.index_size(collection, field, values)
+        if size is not None and (best is None or size < best[0]):
+            best = (size, field, values)
+    if best is None:
+        return store.all(collection)
+    return store.lookup(collection, best[1], best[2])
+
+
 def run_query(
     docs: Iterable[dict[str, Any]],
     body: dict[str, Any],
@@ -371,7 +409,31 @@ def run_query(
     ):
         raise validation_error("field 'only_fields' must be an array of strings")
     predicates = [*build_filters(body, pattern_fields=pattern_fields, skip=skip), *extra]
-    matched = [d for d in docs if all(p(d) for p in predicates)]
-    matched = order(matched, body.get("order_by") or default_order)
-    matched = page(matched, body)
+
+    def match(doc: dict[str, Any]) -> bool:
+        for predicate in predicates:  # noqa: SIM110 - hot loop: cheaper than all(<genexpr>)
+            if not predicate(doc):
+                return False
+        return True
+
+    order_by = body.get("order_by") or default_order
+    if order_by:
+        matched = page(order([d for d in docs if match(d)], order_by), body)
+    else:  # unordered: stop scanning once the requested page is full
+        limit = _page_end(body)
+        matched = []
+        for doc in docs:
+            if match(doc):
+                matched.append(doc)
+                if limit is not None and len(matched) >= limit:
+                    break
+        matched = page(matched, body)
     return [project(d, only_fields) for d in matched]
+
+
+def _page_end(body: dict[str, Any]) -> int | None:
+    size = body.get("page_size", body.get("size"))
+    number = body.get("page") or 0
+    if not isinstance(size, int) or isinstance(size, bool) or not isinstance(number, int):
+        return None
+    return (number + 1) * size if size >= 0 and number >= 0 else None

@@ -25,26 +25,21 @@ import uvicorn
 
 from clearml_local.app import create_api_app
 from clearml_local.auth import Authenticator, load_or_create_credentials
+from clearml_local.settings import (
+    DB_FILE,
+    DEFAULT_API_PORT,
+    DEFAULT_FILES_PORT,
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_WEB_PORT,
+    FILES_DIR,
+    STATE_FILE,
+    default_data_dir,
+    read_state,
+)
 from clearml_local.store import Store
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_API_PORT = 8008
-DEFAULT_FILES_PORT = 8081
-#: The web UI port ClearML derives from the API port (8008 -> 8080); only used in printed links.
-DEFAULT_WEB_PORT = 8080
-DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
-STATE_FILE = "server.json"
-DB_FILE = "server.db"
-FILES_DIR = "files"
-
-
-def default_data_dir() -> Path:
-    """``$FLEETFL_HOME/clearml`` (``FLEETFL_HOME`` defaults to ``<repo>/.fleetfl``)."""
-    from federated.runtime import DEFAULT_STATE_DIR
-
-    return Path(os.environ.get("FLEETFL_HOME") or DEFAULT_STATE_DIR) / "clearml"
 
 
 @dataclass
@@ -61,15 +56,6 @@ class ServerConfig:
 def _url(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"http://{shown}:{port}"
-
-
-def read_state(data_dir: Path) -> dict[str, Any] | None:
-    """The ``server.json`` of a server started on ``data_dir``, or ``None``."""
-    path = Path(data_dir) / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _write_state(data_dir: Path, state: dict[str, Any]) -> None:

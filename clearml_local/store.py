@@ -21,8 +21,9 @@ Concurrency
     One writer at a time: :meth:`Store.transaction` holds a process-wide re-entrant lock and opens
     the SQLite transaction with ``BEGIN IMMEDIATE`` (so a second process writing the same file
     waits instead of failing half-way). A nested ``transaction()`` in the same thread joins the outer
-    one. Reads of the cache take the lock only to snapshot, and reads of extra tables use
-    :meth:`Store.reading`.
+    one. Readers never wait for a writer: cache snapshots take a short lock that a commit holds only
+    while it swaps its documents in (so a reader sees all of a commit or none of it), and
+    :meth:`Store.reading` reads extra tables through a second, read-only connection (WAL).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ from sqlalchemy.pool import StaticPool
 
 #: The document collections (one table each).
 COLLECTIONS: tuple[str, ...] = ("tasks", "projects", "queues", "models", "workers", "users")
+#: Top-level fields with an in-memory equality index (what get_all filters on most).
+INDEXED_FIELDS: dict[str, tuple[str, ...]] = {
+    "tasks": ("parent", "project", "status", "type"),
+    "models": ("task", "project"),
+}
 
 
 def utc_now() -> str:
@@ -148,7 +154,9 @@ class Store:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # one writer at a time
+        self._cache_lock = threading.Lock()  # held only to apply a commit or to snapshot
+        self._read_lock = threading.Lock()  # the read connection, for extra tables
         self._local = threading.local()
         self.engine = create_engine(
             f"sqlite:///{self.path}",
@@ -169,7 +177,30 @@ class Store:
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        # A second connection for readers: in WAL mode it reads the last committed state while a
+        # writer works, so reads of extra tables never wait for a long write (e.g. a 15 MB batch).
+        self.read_engine = create_engine(
+            f"sqlite:///{self.path}",
+            poolclass=StaticPool,  # one connection, always used under self._read_lock
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+
+        @event.listens_for(self.read_engine, "connect")
+        def _on_read_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA query_only=ON")
+            cur.close()
+
+        @event.listens_for(self.read_engine, "begin")
+        def _on_read_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")  # deferred: one consistent snapshot per reading() block
+
         self._cache: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in COLLECTIONS}
+        # collection -> field -> value -> ids (dict as an insertion-ordered set)
+        self._indexes: dict[str, dict[str, dict[Any, dict[str, None]]]] = {
+            name: {f: {} for f in fields} for name, fields in INDEXED_FIELDS.items()
+        }
         self.ensure_schema(
             f"CREATE TABLE IF NOT EXISTS {name} (id TEXT PRIMARY KEY, doc TEXT NOT NULL)"
             for name in COLLECTIONS
@@ -181,6 +212,42 @@ class Store:
             for name in COLLECTIONS:
                 rows = conn.exec_driver_sql(f"SELECT id, doc FROM {name}").fetchall()
                 self._cache[name] = {row[0]: json.loads(row[1]) for row in rows}
+                for doc in self._cache[name].values():
+                    self._index(name, doc, add=True)
+
+    def _index(self, collection: str, doc: dict[str, Any], add: bool) -> None:
+        for field, index in self._indexes.get(collection, {}).items():
+            value = doc.get(field)
+            if not isinstance(value, str | int | float | bool | None):
+                continue
+            if add:
+                index.setdefault(value, {})[doc["id"]] = None
+            else:
+                ids = index.get(value)
+                if ids is not None:
+                    ids.pop(doc["id"], None)
+                    if not ids:
+                        del index[value]
+
+    def lookup(self, collection: str, field: str, values: Iterable[Any]) -> list[dict[str, Any]] | None:
+        """Documents whose indexed ``field`` equals one of ``values``; ``None`` if not indexed."""
+        index = self._indexes.get(collection, {}).get(field)
+        if index is None:
+            return None
+        cache = self._cache[collection]
+        with self._cache_lock:
+            found: dict[str, None] = {}
+            for value in values:
+                if isinstance(value, str | int | float | bool | None):
+                    found.update(index.get(value, {}))
+            return [cache[i] for i in found if i in cache]
+
+    def index_size(self, collection: str, field: str, values: Iterable[Any]) -> int | None:
+        """How many documents :meth:`lookup` would return (cheap); ``None`` if not indexed."""
+        index = self._indexes.get(collection, {}).get(field)
+        if index is None:
+            return None
+        return sum(len(index.get(v, ())) for v in values if isinstance(v, str | int | float | bool | None))
 
     def ensure_schema(self, statements: Iterable[str]) -> None:
         """Run DDL statements (``CREATE TABLE/INDEX IF NOT EXISTS ...``) in one transaction."""
@@ -211,20 +278,29 @@ class Store:
                     raise
                 finally:
                     self._local.tx = None
-            for (collection, doc_id), doc in tx._pending.items():
-                if doc is None:
-                    self._cache[collection].pop(doc_id, None)
-                else:
-                    self._cache[collection][doc_id] = doc
+            with self._cache_lock:  # readers see all of a commit or none of it
+                for (collection, doc_id), doc in tx._pending.items():
+                    old = self._cache[collection].get(doc_id)
+                    if old is not None:
+                        self._index(collection, old, add=False)
+                    if doc is None:
+                        self._cache[collection].pop(doc_id, None)
+                    else:
+                        self._cache[collection][doc_id] = doc
+                        self._index(collection, doc, add=True)
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A connection for reading extra tables (serialised with writers; WAL keeps reads cheap)."""
+        """A read-only connection for extra tables: the last committed state, not blocked by writers.
+
+        Inside a transaction of the same thread it is that transaction's connection (which also
+        sees the transaction's own writes).
+        """
         current: Transaction | None = getattr(self._local, "tx", None)
         if current is not None:
             yield current.conn
             return
-        with self.lock, self.engine.connect() as conn:
+        with self._read_lock, self.read_engine.connect() as conn:
             try:
                 yield conn
             finally:
@@ -239,7 +315,7 @@ class Store:
 
     def all(self, collection: str) -> list[dict[str, Any]]:
         """A snapshot list of every committed document of ``collection`` (read-only documents)."""
-        with self.lock:
+        with self._cache_lock:
             return list(self._cache[collection].values())
 
     def count(self, collection: str) -> int:
@@ -248,7 +324,8 @@ class Store:
 
     def close(self) -> None:
         """Close the database (checkpoints the WAL)."""
-        with self.lock:
+        with self.lock, self._read_lock:
+            self.read_engine.dispose()
             self.engine.dispose()
 
 

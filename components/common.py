@@ -251,8 +251,12 @@ def _decode(value: Any, default: Any, key: str, section: str) -> Any:
         raise ComponentError(f"{where}: expected true or false, got {value!r}")
     if isinstance(default, int | float):
         try:
-            number = float(value) if isinstance(default, float) else int(str(value).strip())
+            number = float(value)
         except (TypeError, ValueError):
             raise ComponentError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
-        return number
+        if isinstance(default, float):
+            return number
+        if not number.is_integer():  # "3.0" (an optimizer's float) is 3; "2.5" is an error
+            raise ComponentError(f"{where}: expected an integer, got {value!r}")
+        return int(number)
     return str(value)

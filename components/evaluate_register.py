@@ -117,8 +117,9 @@ def register_model(
 ) -> str:
     """Register ``weights_file`` as an ``OutputModel`` with its metrics as metadata; return its id.
 
-    The model belongs to ``task`` (default: the current task, else a new ``evaluate_register`` task in
-    ``project``); the file is uploaded to the task's output destination (the files server by default).
+    The model belongs to ``task`` (default: the current task if it is in ``project``, else a new
+    ``evaluate_register`` task in ``project``); the file is uploaded to the task's output
+    destination (the files server by default).
     """
     from clearml import OutputModel, Task
     from clearml.backend_api import Session
@@ -128,6 +129,10 @@ def register_model(
     owned = False
     if task is None:
         task = Task.current_task()
+        # a model belongs to its task's project, and the registry is queried by exact project: a
+        # pipeline step (in "<project>/.pipelines/...") registers through a task of its own
+        if task is not None and task.get_project_name() != project:
+            task = None
     if task is None:
         task = Task.create(project_name=project, task_name="evaluate_register", task_type="qc")
         task.mark_started(force=True)

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -46,6 +47,7 @@ from components.common import (
     prepare_process,
     publish_output,
     read_output,
+    running_remotely,
 )
 
 if TYPE_CHECKING:
@@ -159,8 +161,9 @@ def federate(
         prepare_process()
         from clearml import Task
 
-        task = Task.current_task() or init_component_task("federate", params, project=project)[0]
+        task = Task.current_task() or init_component_task("federate-server", params, project=project)[0]
         return serve_federation(task, params, cfg)
+    check_queues([server_queue, *client_queue_names(params)])
     task = create_server_task(
         datasets, cfg, **{k: v for k, v in params.items() if k not in ("role", "datasets")}
     )
@@ -245,6 +248,21 @@ def check_server_params(params: Mapping[str, Any]) -> None:
         raise ComponentError("run_timeout_s: must be >= 0")
 
 
+def client_queue_names(params: Mapping[str, Any]) -> list[str]:
+    """The queue of each shard's client task (``client_queues``, else ``client_queue`` for all)."""
+    shards = len((params.get("datasets") or {}).get("clients") or [])
+    return list(params.get("client_queues") or []) or [str(params["client_queue"])] * shards
+
+
+def check_queues(names: Sequence[str]) -> None:
+    """Raise :class:`ComponentError` naming the first queue that does not exist on the server."""
+    from queues.definitions import find_queue_id
+
+    for name in dict.fromkeys(names):
+        if not find_queue_id(name):
+            raise ComponentError(f"queue {name!r} does not exist (create it: fleetfl queues create)")
+
+
 def resolve_config(
     config: Mapping[str, Any] | FederatedConfig | None, params: Mapping[str, Any]
 ) -> FederatedConfig:
@@ -281,7 +299,7 @@ def create_server_task(
     datasets: Mapping[str, Any],
     config: Mapping[str, Any] | FederatedConfig | None = None,
     *,
-    task_name: str = "federate",
+    task_name: str = "federate-server",
     tags: tuple[str, ...] = (),
     **options: Any,
 ) -> Task:
@@ -314,7 +332,9 @@ def wait_for_task(task_id: str, timeout_s: float | None = None, poll_s: float = 
             return status
         if status in ("failed", "stopped"):
             message = task.data.status_message or task.data.status_reason or ""
-            raise FederateError(f"task {task_id} ({task.name}) ended {status}: {message}".rstrip(": "))
+            raise FederateError(
+                f"task {task_id} ({task.name}) ended {status}: {message}; last log lines:\n{log_tail(task)}"
+            )
         if deadline is not None and time.monotonic() > deadline:
             raise FederateError(f"task {task_id} ({task.name}) did not finish within {timeout_s:.0f} s")
         time.sleep(poll_s)
@@ -377,7 +397,7 @@ def serve_federation(
                 write_flower_config(flwr_home, superlink.address, tls.ca_cert if tls else None)
                 address = f"{advertise}:{superlink.port}"
                 _publish_superlink(task, address, tls.ca_cert if tls else None)
-                fed.client_task_ids = _enqueue_clients(task, params)
+                _enqueue_clients(task, params, fed.client_task_ids)
                 cli = FlwrCLI(env, cwd=run_dir)
                 _wait_for_clients(fed, cli, procs, superlink)
                 config_file = _write_toml(run_dir / "run_config.toml", settings)
@@ -387,10 +407,9 @@ def serve_federation(
                 info = _follow_run(fed, cli, procs, superlink, run_id)
             status = str(info.get("status", ""))
             if status != "finished:completed":
-                log_tail = _tail(run_dir / "logs" / "serverapp.log")
                 raise FederateError(
                     f"federated run ended with status {status!r} ({info.get('status-details', '')}); "
-                    f"ServerApp log:\n{log_tail}"
+                    f"ServerApp log:\n{_tail(run_dir / 'logs' / 'serverapp.log')}"
                 )
             _report_new_rounds(fed)
             output = _finish(fed)
@@ -401,6 +420,8 @@ def serve_federation(
         raise
     _set_state(task, "finished")
     _wait_clients_done(fed.client_task_ids)
+    if work_dir is None and running_remotely():  # everything is uploaded: free the agent's disk
+        shutil.rmtree(base, ignore_errors=True)
     return output
 
 
@@ -459,13 +480,13 @@ def _publish_superlink(task: Task, address: str, ca_cert: Path | None) -> None:
     task.set_user_properties(**properties)
 
 
-def _enqueue_clients(server: Task, params: Mapping[str, Any]) -> list[str]:
-    """Create and enqueue one client task per shard; return their ids."""
+def _enqueue_clients(server: Task, params: Mapping[str, Any], ids: list[str]) -> list[str]:
+    """Create and enqueue one client task per shard, adding each id to ``ids`` as it is created."""
     from clearml import Task
 
     clients = list(params["datasets"]["clients"])
-    queues = list(params.get("client_queues") or []) or [str(params["client_queue"])] * len(clients)
-    ids = []
+    queues = client_queue_names(params)
+    check_queues(queues)
     for index, dataset_id in enumerate(clients):
         client = create_component_task(
             COMPONENT,
@@ -481,9 +502,9 @@ def _enqueue_clients(server: Task, params: Mapping[str, Any]) -> list[str]:
             task_type="training",
             tags=("federated-client",),
         )
+        ids.append(client.id)  # known before it is enqueued: cleaned up if anything fails
         client.set_parent(server.id)
         Task.enqueue(client, queue_name=queues[index])
-        ids.append(client.id)
         LOG.info(
             "federate: client %d (dataset %s) -> task %s on %s", index, dataset_id, client.id, queues[index]
         )
@@ -733,6 +754,8 @@ def run_client(task: Task, params: Mapping[str, Any], work_dir: Path | None = No
         "seconds": time.monotonic() - started,
     }
     publish_output(task, output)
+    if work_dir is None:
+        shutil.rmtree(base, ignore_errors=True)
     return output
 
 
@@ -810,6 +833,15 @@ def _write_toml(path: Path, values: Mapping[str, Any]) -> Path:
     return path
 
 
+def log_tail(task: Task, lines: int = 15) -> str:
+    """The last console lines a task reported (where a remote failure explains itself)."""
+    try:
+        text = "".join(task.get_reported_console_output(number_of_reports=3) or [])
+    except Exception:  # best effort: the message is still useful without the log
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -854,7 +886,7 @@ def main() -> int:
         task, params = init_component_task("federate-client", CLIENT_DEFAULTS, task_type="training")
         run_client(task, params)
         return 0
-    task, params = init_component_task("federate", SERVER_DEFAULTS, task_type="training")
+    task, params = init_component_task("federate-server", SERVER_DEFAULTS, task_type="training")
     check_server_params(params)
     config = resolve_config(connect_config(task), params)
     serve_federation(task, params, config)

@@ -233,6 +233,10 @@ def tune(
         optuna_sampler=optuna.samplers.TPESampler(seed=seed),
         optuna_pruner=optuna_pruner,
     )
+    # ClearML 2.1.12: when the search ends by itself, HyperParameterOptimizer.stop() joins the
+    # progress reporter without waking it, so it returns only after the reporter's sleep (5 min by
+    # default). A short report period bounds that wait.
+    optimizer.set_report_period(max(poll_s, 5.0) / 60.0)
     LOG.info("tune: %d trial(s) over %s on %s", budget, ", ".join(space), queue or "this machine")
     started = optimizer.start_locally() if not queue else optimizer.start()
     if not started:

@@ -105,6 +105,7 @@ def federate_command(args: argparse.Namespace) -> int:
     run_errors: tuple[type[BaseException], ...] = (RoundFailedError,)
     if args.engine == "deployment":
         engine_opts["insecure"] = args.insecure
+        engine_opts["echo"] = bool(args.verbose)  # the ServerApp's own log; round lines come from progress
         from federated.deployment import DeploymentError
 
         run_errors = (RoundFailedError, DeploymentError)
@@ -133,7 +134,7 @@ def federate_command(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    """Flower logs every step at INFO through its own handler: show warnings only (all with -v).
+    """Flower logs every step at INFO through its own handler: show errors only (all with -v).
 
     Flower sets its logger to DEBUG when imported, so it is imported first; it does not propagate to
     the root handler (that would print each line twice). Round lines come from the progress thread.
@@ -142,9 +143,10 @@ def _quiet_libraries(verbose: bool) -> None:
 
     flower = logging.getLogger("flwr")
     flower.propagate = False
-    if not verbose:
-        flower.setLevel(logging.WARNING)
+    if not verbose:  # (its only routine warning says that client-side evaluation is off, as designed)
+        flower.setLevel(logging.ERROR)
         logging.getLogger("federated.server_app").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's link state sets up its database
 
 
 def _synthetic_data(out: Path, images: int, clients: int, config: FederatedConfig) -> Path:

@@ -71,9 +71,15 @@ def _forget_project_modules() -> None:
     run shipped.
     """
     root = str(_PROJECT_ROOT) + os.sep
+    environment = (str(Path(sys.prefix).resolve()) + os.sep, "site-packages", "dist-packages")
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if path.startswith(root) and "site-packages" not in path:
+        # a virtualenv inside the repository (.venv/) holds libraries, not the app: keep those
+        if (
+            path.startswith(root)
+            and not path.startswith(environment[0])
+            and not any(marker in path for marker in environment[1:])
+        ):
             del sys.modules[name]
 
 

@@ -36,6 +36,7 @@ STRATEGIES: tuple[str, ...] = (
 )
 OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp")
 SEND_WEIGHTS: tuple[str, ...] = ("ema", "raw")
+IMAGE_CACHES: tuple[str, ...] = ("none", "disk", "ram")
 
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.yaml")
 
@@ -126,6 +127,14 @@ class FederatedConfig:
         default="", metadata=_meta("torch device for clients and evaluation ('' = auto, 'cpu', '0')")
     )
     workers: int = field(default=0, metadata=_meta("data-loader workers per client", minimum=0))
+    image_cache: str = field(
+        default="none",
+        metadata=_meta(
+            "ultralytics' image cache for local training: 'none', 'disk' (decoded .npy files next to the "
+            "images, reused by later rounds and processes) or 'ram' (rebuilt every round)",
+            choices=IMAGE_CACHES,
+        ),
+    )
     # --- strategy (Flower)
     strategy: str = field(default="fedavg", metadata=_meta("server strategy", choices=STRATEGIES))
     fraction: float = field(

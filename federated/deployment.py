@@ -6,7 +6,8 @@
 1. makes (or reuses) a local CA and SuperLink certificate (:mod:`federated.tls`) unless ``insecure``;
 2. starts ``flower-superlink`` on a free port of 127.0.0.1 (in Flower 1.42 one HTTPS port serves the
    Fleet, Control and ServerAppIo/Runtime APIs; every listening socket is checked to be on the
-   requested host) with runtime dependency installation off;
+   requested host) with runtime dependency installation off and, with TLS, SuperNode
+   authentication (one key pair per SuperNode, registered with ``flwr supernode register``);
 3. starts one ``flower-supernode`` per client, each with its own Runtime API port and
    ``--node-config "partition-id=i num-partitions=K data-dir=..."``; by default each SuperNode runs
    in ``--isolation process`` next to a warm ClientApp launcher
@@ -52,7 +53,7 @@ from federated.processes import (
     wait_for_port,
 )
 from federated.runtime import PROJECT_ROOT, configure_offline
-from federated.tls import TLSMaterial, ensure_tls
+from federated.tls import TLSMaterial, ensure_node_key, ensure_tls
 
 LOG = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class DeploymentResult:
     log_dir: Path
     superlink_address: str
     tls: bool
+    node_auth: bool
     run_info: dict[str, object] = field(default_factory=dict)
 
 
@@ -165,6 +167,7 @@ def start_superlink(
     host: str = "127.0.0.1",
     port: int | None = None,
     cwd: Path | None = None,
+    node_auth: bool = False,
     timeout_s: float = 60.0,
 ) -> SuperLinkHandle:
     """Start ``flower-superlink`` and wait until it accepts connections.
@@ -175,6 +178,8 @@ def start_superlink(
         host: the address to bind (127.0.0.1 unless other machines must reach it).
         port: its port; a free one when ``None``.
         cwd: working directory of the SuperLink and so of the ServerApp it starts.
+        node_auth: accept only SuperNodes whose public key was registered (``FlwrCLI.register_node``);
+            needs TLS.
         timeout_s: how long to wait for it to listen.
 
     Raises:
@@ -190,6 +195,10 @@ def start_superlink(
         str(port),
     ]
     argv += tls.superlink_args() if tls is not None else ["--insecure"]
+    if node_auth:
+        if tls is None:
+            raise ValueError("SuperNode authentication needs TLS (Flower refuses it with --insecure)")
+        argv.append("--enable-supernode-auth")
     process = procs.start("superlink", argv, cwd=cwd)
     try:
         wait_for_port(host, port, timeout_s, process)
@@ -212,6 +221,7 @@ def start_supernode(
     runtime_tls: TLSMaterial | None = None,
     runtime_port: int | None = None,
     clientapp_mode: str = "warm",
+    auth_key: Path | None = None,
     timeout_s: float = 60.0,
 ) -> SuperNodeHandle:
     """Start ``flower-supernode`` connecting to ``superlink_address`` (a client machine's part).
@@ -227,6 +237,8 @@ def start_supernode(
         runtime_port: port of that Runtime API; a free one when ``None``.
         clientapp_mode: ``warm`` (fork server, see :mod:`federated.clientapp_forkserver`) or
             ``subprocess`` (Flower's default: a new ``flwr-clientapp`` process per message).
+        auth_key: this node's private key (``NodeKey.private_key``) when the SuperLink authenticates
+            SuperNodes; its public key must be registered first.
         timeout_s: how long to wait for its Runtime API to listen.
     """
     if clientapp_mode not in CLIENTAPP_MODES:
@@ -241,6 +253,8 @@ def start_supernode(
         argv += runtime_tls.superlink_args()  # same three flags: CA, certificate, key
     if clientapp_mode == "warm":
         argv += ["--isolation", "process"]
+    if auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(auth_key)]
     process = procs.start(name, argv)
     try:
         wait_for_port("127.0.0.1", runtime_port, timeout_s, process)
@@ -314,6 +328,11 @@ class FlwrCLI:
         data = self.json("supernode", "list", self.connection)
         nodes = data.get("nodes", [])
         return sum(1 for node in nodes if str(node.get("status", "")).lower() == "online")
+
+    def register_node(self, public_key: Path) -> int:
+        """``flwr supernode register``: allow the SuperNode holding this key in; return its node id."""
+        data = self.json("supernode", "register", str(public_key), self.connection)
+        return int(str(data["node-id"]))
 
     def submit(self, app_dir: Path, run_config_file: Path | None) -> int:
         """``flwr run``: build the FAB of ``app_dir``, submit it, return the run id."""
@@ -422,8 +441,10 @@ def wait_for_run(
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 cli.stop(run_id)
                 raise DeploymentError(f"run {run_id} did not finish within {timeout_s:.0f} s; it was stopped")
+            _retire_nodes_without_launcher(nodes)
             streamer_done = streamer is not None and not streamer.alive()
-            if streamer is None or streamer_done or time.monotonic() - last_check > 30.0:
+            # Ask the SuperLink when the log stream ended (the run is probably over), else now and then.
+            if streamer is None or time.monotonic() - last_check > (5.0 if streamer_done else 30.0):
                 last_check = time.monotonic()
                 info = cli.run_info(run_id)
                 if str(info.get("status", "")).startswith("finished"):
@@ -444,6 +465,21 @@ def wait_for_run(
             echo_thread.join(timeout=5.0)
 
 
+def _retire_nodes_without_launcher(nodes: list[SuperNodeHandle]) -> None:
+    """Stop a SuperNode whose warm ClientApp launcher died: it could take messages but never answer
+    them, so its rounds would wait for ``round_timeout``; once stopped, Flower reports it offline and
+    the rounds go on with the other clients (as ``min_clients`` allows)."""
+    for node in nodes:
+        if node.launcher is not None and not node.launcher.alive() and node.process.alive():
+            LOG.warning(
+                "%s: its ClientApp launcher exited (code %s), stopping the SuperNode; see %s",
+                node.name,
+                node.launcher.popen.returncode,
+                node.launcher.log_path,
+            )
+            node.process.popen.terminate()
+
+
 # ---------------------------------------------------------------------- the whole run
 def run_deployment(
     run_config: Mapping[str, Scalar],
@@ -456,6 +492,7 @@ def run_deployment(
     state_dir: Path | None = None,
     clientapp_mode: str = "warm",
     node_config: Mapping[str, Scalar] | None = None,
+    node_auth: bool | None = None,
     timeout_s: float | None = None,
     echo: bool = True,
 ) -> DeploymentResult:
@@ -475,6 +512,8 @@ def run_deployment(
             certificates are reused across runs.
         clientapp_mode: ``warm`` (default) or ``subprocess``, see :func:`start_supernode`.
         node_config: extra node-config entries given to every SuperNode.
+        node_auth: SuperNode authentication (a key pair per node, registered at the SuperLink;
+            unregistered nodes are refused). Default: on with TLS, off with ``insecure``.
         timeout_s: stop the run (and fail) after this many seconds; ``None`` waits as long as it runs.
         echo: copy the ServerApp's log to stdout while it runs (progress lines).
 
@@ -494,12 +533,17 @@ def run_deployment(
     flwr_home = run_dir / "flwr"
     env = flower_env(flwr_home)
     tls = None if insecure else ensure_tls(state)
+    node_auth = (not insecure) if node_auth is None else node_auth
     config_file = _write_run_config(run_dir, run_config)
     start = time.monotonic()
     with ProcessSet(run_dir / "logs", env) as procs:
         try:
-            superlink = start_superlink(procs, tls=tls, cwd=run_dir)
+            superlink = start_superlink(procs, tls=tls, cwd=run_dir, node_auth=node_auth)
             write_flower_config(flwr_home, superlink.address, tls.ca_cert if tls else None)
+            cli = FlwrCLI(env, cwd=run_dir)
+            keys = [ensure_node_key(state, f"supernode-{i}") for i in range(num_clients)] if node_auth else []
+            for key in keys:
+                cli.register_node(key.public_key)
             nodes = [
                 start_supernode(
                     procs,
@@ -514,10 +558,10 @@ def run_deployment(
                     root_certificates=tls.ca_cert if tls else None,
                     runtime_tls=tls,
                     clientapp_mode=clientapp_mode,
+                    auth_key=keys[i].private_key if keys else None,
                 )
                 for i in range(num_clients)
             ]
-            cli = FlwrCLI(env, cwd=run_dir)
             wait_for_nodes(cli, nodes, procs)
             run_id = cli.submit(app_dir, config_file)
             LOG.info("submitted run %d to %s (%d SuperNodes)", run_id, superlink.address, num_clients)
@@ -536,6 +580,7 @@ def run_deployment(
         log_dir=run_dir / "logs",
         superlink_address=superlink.address,
         tls=tls is not None,
+        node_auth=node_auth,
         run_info=info,
     )
     if status != "finished:completed":

@@ -153,6 +153,9 @@ def _run_simulation(
 ) -> None:
     """Flower's Simulation Engine (ray) with one virtual SuperNode per client shard."""
     configure_offline()
+    # Ray's own future default: it leaves CUDA_VISIBLE_DEVICES alone for actors without GPUs (the
+    # clients pass their torch device explicitly); setting it also silences ray's FutureWarning.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
     from federated.client_app import app as client_app

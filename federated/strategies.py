@@ -283,7 +283,7 @@ class GuardedStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the guard's settings and the inner strategy's summary."""
-        LOG.info(
+        LOG.debug(
             "GuardedStrategy(%s): min_clients=%d max_update_norm=%s round_offset=%d",
             type(self.inner).__name__,
             self.min_clients,

@@ -11,6 +11,11 @@ keys are written with mode 0600 (the folder 0700), every file atomically (temp f
 Existing material is reused when it is still valid: parsable, not expiring within
 :data:`RENEW_BEFORE`, the server certificate signed by the CA, its key matching, and its SANs covering
 every requested host. Otherwise only what is invalid is regenerated.
+
+SuperNode authentication (Flower's ``--enable-supernode-auth``): :func:`ensure_node_key` makes one
+EC key pair per SuperNode in OpenSSH format (``<state_dir>/tls/nodes/<name>.key``/``.pub``); the
+public key is registered at the SuperLink (``flwr supernode register``) and the SuperNode proves
+it holds the private key (``--auth-supernode-private-key``). Unregistered nodes are refused.
 """
 
 from __future__ import annotations
@@ -121,6 +126,50 @@ def ensure_tls(state_dir: Path, hosts: Sequence[str] = DEFAULT_HOSTS) -> TLSMate
         LOG.info("Creating the SuperLink certificate for %s", ", ".join(hosts))
         _create_server_cert(material, ca, now)
     return material
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """A SuperNode's authentication key pair (OpenSSH format)."""
+
+    private_key: Path
+    public_key: Path
+
+
+def ensure_node_key(state_dir: Path, name: str) -> NodeKey:
+    """Return the key pair of SuperNode ``name`` under ``state_dir/tls/nodes``, creating it if needed.
+
+    Raises:
+        TLSError: ``name`` is not a plain file name, or the files cannot be written.
+    """
+    if not name or Path(name).name != name or name.startswith("."):
+        raise TLSError(f"node key name must be a plain file name, got {name!r}")
+    folder = Path(state_dir) / "tls" / "nodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, _DIR_MODE)
+    pair = NodeKey(private_key=folder / f"{name}.key", public_key=folder / f"{name}.pub")
+    try:
+        key = serialization.load_ssh_private_key(pair.private_key.read_bytes(), password=None)
+        public = serialization.load_ssh_public_key(pair.public_key.read_bytes())
+        if isinstance(key, ec.EllipticCurvePrivateKey) and _ssh_public(key) == _ssh_public_of(public):
+            return pair
+    except (OSError, ValueError, TypeError):
+        pass
+    key = ec.generate_private_key(ec.SECP384R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    _write_atomic(pair.private_key, private_pem, _KEY_MODE)
+    _write_atomic(pair.public_key, _ssh_public(key) + b"\n", _CERT_MODE)
+    return pair
+
+
+def _ssh_public(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return _ssh_public_of(key.public_key())
+
+
+def _ssh_public_of(public: object) -> bytes:
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)  # type: ignore[attr-defined]
 
 
 def _create_ca(

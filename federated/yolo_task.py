@@ -154,7 +154,7 @@ def set_weights(model: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
             )
         if not current.dtype.is_floating_point and array.dtype.kind == "f":
             array = np.rint(array)
-        new_state[key] = torch.from_numpy(np.ascontiguousarray(array)).to(current.dtype)
+        new_state[key] = torch.tensor(array).to(current.dtype)  # a copy: message buffers may be read-only
     model.load_state_dict(new_state, strict=True)
 
 
@@ -215,7 +215,7 @@ def _make_trainer_class() -> type:
             if self.proximal_mu > 0:
                 reference = dict(zip(state_keys(self.model), self.initial_weights, strict=True))
                 self._global_params = [
-                    (param, torch.from_numpy(np.asarray(reference[name])).to(param.device, param.dtype))
+                    (param, torch.tensor(np.asarray(reference[name])).to(param.device, param.dtype))
                     for name, param in self.model.named_parameters()
                     if param.requires_grad
                 ]
@@ -289,6 +289,7 @@ def train_args(config: FederatedConfig, data_yaml: str | Path, seed: int, work_d
         "batch": config.batch,
         "nbs": config.nbs,
         "workers": config.workers,
+        "cache": False if config.image_cache == "none" else config.image_cache,
         "device": config.device or None,
         "optimizer": config.optimizer,
         "lr0": config.lr0,

@@ -450,14 +450,19 @@ def collect_outputs(pipe: Any) -> dict[str, Any]:
         "federate": "federated",
         "evaluate_register": "candidate",
     }
+    dag = pipe.get_pipeline_dag()
     for step, artifact in names.items():
-        node = pipe.get_processed_nodes()
-        found = [n for n in node if n.name == step]
-        if not found or not found[0].executed:
+        node = dag.get(step)
+        if node is None or not node.executed:
             raise RuntimeError(f"pipeline {pipe.id}: step {step!r} did not run")
-        task = Task.get_task(task_id=found[0].executed)
+        task = Task.get_task(task_id=node.executed)
         if task.get_status() != "completed":
-            raise RuntimeError(f"pipeline {pipe.id}: step {step!r} ({task.id}) ended {task.get_status()}")
+            from components.federate import log_tail
+
+            raise RuntimeError(
+                f"pipeline {pipe.id}: step {step!r} ({task.id}) ended {task.get_status()}: "
+                f"{task.data.status_message or ''}\n{log_tail(task)}"
+            )
         outputs[artifact] = task.artifacts[artifact].get()
         outputs[f"{step}_task_id"] = task.id
     return outputs
@@ -472,6 +477,10 @@ def enqueue_pipeline(
     ``PipelineController.start`` ends the process that enqueues it).
     """
     params = check_parameters(values or {})
+    from queues.definitions import find_queue_id
+
+    if not find_queue_id(queue):
+        raise PipelineParameterError(f"queue {queue!r} does not exist (create it: fleetfl queues create)")
     with tempfile.TemporaryDirectory(prefix="fleetfl-pipeline-") as folder:
         id_file = Path(folder) / "pipeline_id"
         env = {**os.environ, _ENV_PARAMS: json.dumps(params), _ENV_QUEUE: queue, _ENV_ID_FILE: str(id_file)}
@@ -483,12 +492,18 @@ def enqueue_pipeline(
             timeout=timeout_s,
             check=False,
         )
-        if not id_file.is_file():
-            raise RuntimeError(
-                f"the pipeline controller was not enqueued (exit {done.returncode}): "
-                f"{(done.stderr or done.stdout)[-2000:]}"
-            )
-        return id_file.read_text(encoding="utf-8").strip()
+        pipeline_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+    status = ""
+    if pipeline_id:
+        from clearml import Task
+
+        status = str(Task.get_task(task_id=pipeline_id).get_status())
+    if status not in ("queued", "in_progress", "completed"):
+        raise RuntimeError(
+            f"the pipeline controller {pipeline_id or '(none)'} was not enqueued (exit {done.returncode}, "
+            f"status {status or 'none'}): {(done.stderr or done.stdout)[-2000:]}"
+        )
+    return pipeline_id
 
 
 def main() -> int:
@@ -500,7 +515,7 @@ def main() -> int:
     queue = os.environ.pop(_ENV_QUEUE, "")
     params = check_parameters(json.loads(os.environ.pop(_ENV_PARAMS, "{}")))
     id_file = os.environ.pop(_ENV_ID_FILE, "")
-    pipe = build_pipeline(params)
+    pipe = build_pipeline(params, step_queue=params["step_queue"])
     if queue:  # enqueueing: record the id, then ClearML ends this process
         Path(id_file).write_text(pipe.id, encoding="utf-8")
         pipe.start(queue=queue)

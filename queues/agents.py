@@ -93,8 +93,10 @@ def find_agent_binary() -> Path:
 def agent_conf_text(work_dir: Path) -> str:
     """An agent ``clearml.conf``: the SDK's current one (if any) plus this agent's private folders."""
     base = ""
-    config_file = os.environ.get("CLEARML_CONFIG_FILE")
-    if config_file and Path(config_file).is_file():
+    # the SDK's own lookup: $CLEARML_CONFIG_FILE, else ~/clearml.conf (CLEARML_* variables, which the
+    # daemon inherits, override both)
+    config_file = os.environ.get("CLEARML_CONFIG_FILE") or str(Path.home() / "clearml.conf")
+    if Path(config_file).is_file():
         base = Path(config_file).read_text(encoding="utf-8")
     return base + (
         "\n# Added by `fleetfl agent start`: private folders of this daemon.\n"

@@ -16,7 +16,7 @@ from clearml_local.api import (
     str_list,
     validation_error,
 )
-from clearml_local.query import run_query
+from clearml_local.query import candidates, run_query
 from clearml_local.services.common import ARCHIVED_TAG, changed_fields, load, load_for_update, not_hidden
 from clearml_local.services.projects import subproject_ids
 from clearml_local.store import new_id, utc_now
@@ -114,7 +114,9 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
             raise validation_error("field 'project' must be a string or an array of strings")
         scope = subproject_ids(ctx.store, ids) if opt_bool(body, "include_subprojects") else set(ids)
         extra.append(lambda m: m.get("project") in scope)
-    return {"models": run_query(ctx.store.all("models"), body, extra=extra, skip=("project",))}
+    indexed = ["task"] if opt_bool(body, "include_subprojects") else ["task", "project"]
+    docs = candidates(ctx.store, "models", body, indexed)
+    return {"models": run_query(docs, body, extra=extra, skip=("project",))}
 
 
 endpoint("models.get_all_ex")(get_all)

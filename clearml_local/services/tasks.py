@@ -26,7 +26,7 @@ from clearml_local.api import (
     str_list,
     validation_error,
 )
-from clearml_local.query import regex_predicate, run_query
+from clearml_local.query import candidates, regex_predicate, run_query
 from clearml_local.services import queues
 from clearml_local.services.common import (
     ARCHIVED_TAG,
@@ -217,7 +217,11 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
             wanted = set(project_ids)
             extra.append(lambda t: t.get("project") in wanted)
     extra.extend(_pattern_filters(body))
-    tasks = run_query(ctx.store.all("tasks"), body, extra=extra, skip=("project",))
+    indexed = ["parent", "status", "type"]
+    if not opt_bool(body, "include_subprojects"):
+        indexed.append("project")
+    docs = candidates(ctx.store, "tasks", body, indexed)
+    tasks = run_query(docs, body, extra=extra, skip=("project",))
     return {"tasks": tasks}
 
 
@@ -548,9 +552,9 @@ def set_status(
     fields: dict[str, Any] = {"status": new_status, "status_changed": now}
     fields["status_reason"] = reason or ""
     fields["status_message"] = message or ""
-    if new_status == current == IN_PROGRESS and task.get("status_message") == _STOPPING and not message:
-        # the agent reports "started" and then the task's own SDK does again: a stop request that
-        # arrived in between must survive the second report
+    if new_status == current == IN_PROGRESS and task.get("status_message") == _STOPPING and not force:
+        # the agent reports "started" several times, then the task's own SDK does again: a stop
+        # request that arrived in between must survive the later reports
         fields["status_message"], fields["status_reason"] = _STOPPING, task.get("status_reason", "")
     task.update(fields)
     _touch(task, user)
@@ -673,7 +677,11 @@ def enqueue(ctx: RequestContext, body: dict) -> dict:
         fields["execution.queue"] = queue_id
         queues.add_entry(tx, queue_id, task_id)
         tx.put("tasks", task)
-    return {"queued": 1, "updated": 1, "fields": fields}
+    response = {"queued": 1, "updated": 1, "fields": fields}
+    if opt_bool(body, "verify_watched_queue"):
+        served = {q.get("id") for w in ctx.store.all("workers") for q in w.get("queues") or ()}
+        response["queue_watched"] = queue_id in served
+    return response
 
 
 @endpoint("tasks.dequeue")

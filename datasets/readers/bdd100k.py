@@ -1,7 +1,8 @@
 """BDD100K detection reader (the det_20 / 2018 JSON: a list of frames with ``labels[].box2d``).
 
-``bdd100k:PATH`` where PATH is the label JSON file (images in ``images/`` beside it, or beside it
-directly) or a folder holding one ``*.json`` label file and ``images/``. Each frame:
+``bdd100k:PATH`` where PATH is the label JSON file (images in ``images/`` beside it, in the official
+layout's ``images/100k/<split>`` for ``labels/det_20/det_<split>.json``, or beside it directly) or a
+folder holding one ``*.json`` label file and ``images/``. Each frame:
 ``{"name": "x.jpg", "attributes": {"weather": .., "scene": .., "timeofday": ..},
 "labels": [{"category": "car", "box2d": {"x1": .., "y1": .., "x2": .., "y2": ..}}, ..]}``.
 Image attributes are kept (they drive ``--split attribute:weather``). Labels without ``box2d``
@@ -35,8 +36,16 @@ def bdd_paths(path: Path) -> tuple[Path, Path]:
         label_file, root = path, path.parent
     else:
         raise DataError(f"{path}: BDD100K source not found")
-    images = root / "images" if (root / "images").is_dir() else root
-    return label_file, images
+    for images in (root / "images", *_official_image_dirs(label_file)):
+        if images.is_dir():
+            return label_file, images
+    return label_file, root
+
+
+def _official_image_dirs(label_file: Path) -> list[Path]:
+    """Image folders of the official layout: ``labels/det_20/det_val.json`` -> ``images/100k/val``."""
+    split = label_file.stem.rsplit("_", 1)[-1]  # det_val -> val, bdd100k_labels_images_train -> train
+    return [parent / "images" / "100k" / split for parent in label_file.parents[1:4]]
 
 
 def load_frames(label_file: Path) -> list:

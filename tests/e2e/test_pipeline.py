@@ -2,7 +2,11 @@
 
 * bad parameters are refused (API and ``fleetfl pipeline run|enqueue``) before any task exists;
 * the whole pipeline (version_data -> tune with 2 Optuna trials -> federate -> evaluate_register)
-  completes on real clearml-agents, and every task is there with its parameters and scalars.
+  completes on real clearml-agents, and every task is there with its parameters and scalars: the
+  federate server task (per-round scalars, checkpoints, CA and address published, registered model)
+  and its client tasks;
+* cloning the federate server task, editing ``federated/rounds`` and enqueuing the clone runs the
+  edited number of rounds.
 """
 
 from __future__ import annotations
@@ -100,12 +104,9 @@ def pipeline_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) ->
         stop_agents(state_dir=state)
 
 
-@pytest.mark.slow
-def test_full_pipeline_completes_with_every_task_parameter_and_scalar(
-    pipeline_queues: dict[str, str],
-) -> None:
-    from clearml import Model, Task
-
+@pytest.fixture(scope="module")
+def pipeline_run(pipeline_queues: dict[str, str]) -> dict:
+    """One tiny pipeline run: 16 images at 64 px, 2 clients, 2 HPO trials of 1 round, 1 final round."""
     project = f"fleetfl-test/pipeline-{uuid.uuid4().hex[:6]}"
     outputs = fp.run_pipeline(
         {
@@ -125,6 +126,21 @@ def test_full_pipeline_completes_with_every_task_parameter_and_scalar(
             **pipeline_queues,
         }
     )
+    return {**outputs, "project": project}
+
+
+def _iterations(task_id: str, title: str, series: str) -> list[int]:
+    from clearml import Task
+
+    scalars = Task.get_task(task_id=task_id).get_reported_scalars()
+    return [int(x) for x in scalars.get(title, {}).get(series, {}).get("x", [])]
+
+
+@pytest.mark.slow
+def test_full_pipeline_completes_with_every_task_parameter_and_scalar(pipeline_run: dict) -> None:
+    from clearml import Model, Task
+
+    outputs, project = pipeline_run, pipeline_run["project"]
     # the controller and its four steps, each completed with its parameters
     controller = Task.get_task(task_id=outputs["pipeline_id"])
     args = controller.get_parameters_as_dict()[fp.PIPELINE_SECTION]
@@ -140,20 +156,122 @@ def test_full_pipeline_completes_with_every_task_parameter_and_scalar(
     tuned = outputs["tuned"]
     assert len(tuned["trials"]) == 2 and set(tuned["best_params"]) == {"lr0", "mosaic"}
     for trial in tuned["trials"]:
+        assert _iterations(trial["task_id"], "global", "map50_95") == [1]
         trial_task = Task.get_task(task_id=trial["task_id"])
-        scalars = trial_task.get_reported_scalars()
-        assert scalars["global"]["map50_95"]["x"] == [1]
         assert float(trial_task.get_parameter("federated/lr0")) == pytest.approx(trial["params"]["lr0"])
-    # federate: the best parameters were used, rounds reported as iterations, clients completed
-    federated = outputs["federated"]
-    server = Task.get_task(task_id=federated["server_task_id"])
-    assert float(server.get_parameter("federated/lr0")) == pytest.approx(tuned["best_params"]["lr0"])
-    assert server.get_parameter("federated/imgsz") == "64"
-    assert server.get_reported_scalars()["global"]["map50_95"]["x"] == [1]
-    assert [r["round"] for r in federated["rounds"]] == [1]
-    assert all(Task.get_task(task_id=c).get_status() == "completed" for c in federated["client_task_ids"])
     # evaluate_register: a candidate in the registry with its metrics
     candidate = outputs["candidate"]
     model = Model(model_id=candidate["model_id"])
     assert "candidate" in (model.tags or [])
     assert 0.0 <= candidate["map50_95"] <= 1.0
+
+
+@pytest.mark.slow
+def test_federate_server_and_client_tasks_report_every_round(pipeline_run: dict) -> None:
+    from clearml import Model, Task
+
+    from components.federate import PROP_ADDRESS, PROP_CA_SHA256
+
+    federated, tuned = pipeline_run["federated"], pipeline_run["tuned"]
+    server = Task.get_task(task_id=federated["server_task_id"])
+    assert server.get_status() == "completed"
+    params = server.get_parameters_as_dict()
+    assert params["General"]["role"] == "server" and params["federated"]["imgsz"] == "64"
+    assert float(params["federated"]["lr0"]) == pytest.approx(tuned["best_params"]["lr0"])  # best params used
+    assert [r["round"] for r in federated["rounds"]] == [1]
+    for title, series in (
+        ("global", "map50_95"),
+        ("global", "map50"),
+        ("client_loss", "client_0"),
+        ("client_examples", "client_1"),
+        ("round", "round_seconds"),
+        ("bytes", "sent"),
+    ):
+        assert _iterations(server.id, title, series) == [1], (title, series)
+    assert {"checkpoint-round-0001", "superlink-ca", "metrics.jsonl", "output"} <= set(server.artifacts)
+    props = server.get_user_properties(value_only=True)
+    assert props[PROP_ADDRESS].startswith("127.0.0.1:") and len(props[PROP_CA_SHA256]) == 64
+    assert len(federated["client_task_ids"]) == 2
+    for index, client_id in enumerate(federated["client_task_ids"]):
+        client = Task.get_task(task_id=client_id)
+        assert client.get_status() == "completed" and client.parent == server.id
+        assert client.get_parameter("General/dataset_id") == pipeline_run["datasets"]["clients"][index]
+    model = Model(model_id=federated["model_id"])
+    assert model.url and model.task == server.id
+
+
+@pytest.mark.slow
+def test_cloned_federate_task_runs_the_edited_number_of_rounds(pipeline_run: dict, pipeline_queues) -> None:
+    from clearml import Task
+
+    from components.common import read_output
+    from components.federate import wait_for_task
+
+    source = pipeline_run["federated"]["server_task_id"]
+    clone = Task.clone(source_task=source, name="federate (edited: 2 rounds)")
+    clone.set_parameters({"federated/rounds": 2})
+    Task.enqueue(clone, queue_name=pipeline_queues["server_queue"])
+    wait_for_task(clone.id, timeout_s=600)
+    out = read_output(clone.id)
+    assert [r["round"] for r in out["rounds"]] == [1, 2]
+    assert _iterations(clone.id, "global", "map50_95") == [1, 2]
+    assert set(out["client_task_ids"]).isdisjoint(pipeline_run["federated"]["client_task_ids"])
+
+
+def test_demo_summary_and_table(tmp_path) -> None:
+    from pipelines.demo import DEMO_PARAMETERS, build_summary, format_table
+
+    params = fp.check_parameters(DEMO_PARAMETERS)
+    outputs = {
+        "pipeline_id": "p" * 32,
+        "datasets": {
+            "source": "s" * 32,
+            "eval": "e" * 32,
+            "clients": ["a" * 32, "b" * 32],
+            "partition": {"splits": {"client_0": {"images": 20, "boxes": 90}, "client_1": {"images": 19}}},
+        },
+        "tuned": {
+            "best_params": {"lr0": 0.01},
+            "trials": [{"task_id": "t1", "params": {"lr0": 0.01}, "map50_95": 0.1}],
+        },
+        "federated": {
+            "rounds": [
+                {"round": 1, "map50": 0.2, "map50_95": 0.1},
+                {"round": 2, "map50_95": 0.05, "rolled_back_to": 1},
+            ],
+            "server_task_id": "f" * 32,
+            "client_task_ids": ["c1", "c2"],
+        },
+        "candidate": {"model_id": "m" * 32, "map50_95": 0.1},
+    }
+    monitor = {"decision": "first", "production_model_id": "m" * 32, "monitor_task_id": "n" * 32}
+    summary = build_summary(params, outputs, monitor, tmp_path / "clearml", tmp_path, 12.3)
+    assert {"datasets", "best_params", "rounds", "model_id", "monitor_decision"} <= set(summary)
+    assert summary["datasets"]["clients"] == ["a" * 32, "b" * 32] and summary["monitor_decision"] == "first"
+    assert all({"round", "map50_95"} <= set(row) for row in summary["rounds"])
+    json.dumps(summary)  # JSON-able
+    table = format_table(summary)
+    assert "lr0=0.0100" in table and "rolled back to round 1" in table and "(20 images, 90 boxes)" in table
+
+
+def test_enqueue_creates_a_queued_controller_with_every_parameter(clearml_server) -> None:
+    from clearml import Task
+
+    from queues.definitions import ensure_queue
+
+    queue = f"p2e-services-{uuid.uuid4().hex[:6]}"
+    ensure_queue(queue)
+    project = f"fleetfl-test/pipe-enq-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(fp.PipelineParameterError, match="does not exist"):
+        fp.enqueue_pipeline({"project": project}, queue=f"{queue}-missing")
+    pipeline_id = fp.enqueue_pipeline({"project": project, "rounds": 4, "config": {"imgsz": 96}}, queue=queue)
+    controller = Task.get_task(task_id=pipeline_id)
+    try:
+        assert controller.get_status() == "queued"
+        args = controller.get_parameters_as_dict()[fp.PIPELINE_SECTION]
+        assert set(fp.PARAMETERS) <= set(args)
+        assert args["rounds"] == "4" and json.loads(args["config"]) == {"imgsz": 96}
+        assert controller.data.script.entry_point.endswith("pipelines.fleetfl_pipeline")
+    finally:
+        Task.dequeue(controller)
+        controller.mark_stopped(force=True)

@@ -148,14 +148,11 @@ def test_spot_resources_request_spot_instances(
     path.write_text(yaml.safe_dump(config.to_dict()))
     assert main(["autoscaler", "run", "--config", str(path), "--cycles", "2"]) == 0
 
-    requests = aws_ec2.spot_requests()
-    assert len(requests) == 2
-    assert {r["LaunchSpecification"]["InstanceType"] for r in requests} == {"g4dn.xlarge"}
-    assert {r["LaunchSpecification"]["ImageId"] for r in requests} == {aws_ec2.ami}
     instances = aws_ec2.live_instances()
-    assert sorted(i["InstanceId"] for i in instances) == sorted(r["InstanceId"] for r in requests)
+    assert len(instances) == 2 and aws_ec2.spot_requests() == []  # one-time spot via RunInstances
     for instance in instances:
-        assert instance["InstanceLifecycle"] == "spot"
+        assert instance["InstanceLifecycle"] == "spot" and instance["InstanceType"] == "g4dn.xlarge"
+        assert instance["ImageId"] == aws_ec2.ami and instance["MetadataOptions"]["HttpTokens"] == "required"
         assert {t["Key"]: t["Value"] for t in instance["Tags"]}[OWNER_TAG] == config.workers_prefix
         assert f"daemon --queue '{queue_name}'" in aws_ec2.user_data(instance["InstanceId"])
 
@@ -309,3 +306,60 @@ def test_service_task_keeps_aws_credentials_out_of_clearml(
         assert secret not in stored
     for path in clearml_server.data_dir.glob("server.db*"):  # every table, every event, raw
         assert aws_ec2.secret_access_key.encode() not in path.read_bytes(), path
+
+
+def test_service_task_settings_are_editable_like_in_the_ui(
+    clearml_server: Any, aws_ec2: Any, queue_name: str
+) -> None:
+    from clearml import Task
+
+    from autoscaler.service import load_from_task, store_on_task
+
+    config = make_config(aws_ec2, queue_name)
+    task = Task.create(project_name=PROJECT, task_name="autoscaler-settings", task_type="service")
+    store_on_task(task, config, cycles=None)
+    # what a user does in the UI: edit parameters (strings) and the YAML configuration object
+    task.set_parameter("Autoscaler/polling_interval_s", "7.5")
+    task.set_parameter("Autoscaler/cycles", "3")
+    edited = task.get_configuration_object("autoscaler").replace("max_instances: 2", "max_instances: 4")
+    task.set_configuration_object(name="autoscaler", config_text=edited, config_type="yaml")
+
+    loaded, cycles = load_from_task(Task.get_task(task_id=task.id))
+    assert cycles == 3 and loaded.polling_interval_s == 7.5 and loaded.resources[0].max_instances == 4
+    assert loaded.workers_prefix == config.workers_prefix and loaded.resources[0].ami == aws_ec2.ami
+
+    task.set_parameter("Autoscaler/idle_timeout_s", "-1")
+    with pytest.raises(AutoscalerConfigError, match=rf"task {task.id}: idle_timeout_s: must be > 0"):
+        load_from_task(Task.get_task(task_id=task.id))
+
+
+def test_enqueued_service_task_records_the_checkout_it_runs_from(
+    clearml_server: Any, aws_ec2: Any, queue_name: str, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from clearml import Task
+
+    from autoscaler.service import enqueue_service
+
+    checkout = tmp_path / "checkout"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q", str(checkout)], check=True)
+    subprocess.run([*git, "-C", str(checkout), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run([*git, "-C", str(checkout), "remote", "add", "origin", "../upstream.git"], check=True)
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+
+    config = make_config(aws_ec2, queue_name)
+    script = Task.get_task(task_id=enqueue_service(config, queue=queue_name, repo=str(checkout))).data.script
+    assert (script.repository, script.version_num) == (
+        (tmp_path / "upstream.git").as_uri(),
+        head.stdout.strip(),
+    )
+    assert (script.entry_point, script.working_dir) == ("-m autoscaler.service", ".")
+    url = "https://git.example.invalid/fleetfl.git"
+    assert (
+        Task.get_task(task_id=enqueue_service(config, queue=queue_name, repo=url)).data.script.repository
+        == url
+    )
+    with pytest.raises(AutoscalerConfigError, match="not a git checkout with an 'origin' remote"):
+        enqueue_service(config, queue=queue_name, repo=str(tmp_path))

@@ -29,6 +29,7 @@ task = Task.init(project_name="contract-agent", task_name="{name}", auto_connect
                  auto_resource_monitoring=False, reuse_last_task_id=False)
 params = task.connect({{"value": 1, "sleep": 0.0}})
 task.get_logger().report_scalar("result", "doubled", value=float(params["value"]) * 2, iteration=0)
+task.flush(wait_for_uploads=True)
 time.sleep(float(params["sleep"]))
 print("TASK_ID", task.id)
 """
@@ -90,6 +91,8 @@ def test_clone_edit_enqueue_run_stop_and_workers(
     # a long-running clone, stopped from the SDK while the agent runs it
     long_id = _clone_and_enqueue(clearml_server, tmp_path, base_id, {"General/sleep": 300}, "contract-e")
     wait_for(lambda: _status(clearml_server, long_id) == "in_progress", 120, f"long start\n{agent.log()}")
+    # the task's own process runs once it reported its first scalar
+    wait_for(lambda: _last_value(clearml_server, long_id) is not None, 120, f"long run\n{agent.log()}")
     stop = f"""
 from clearml import Task
 Task.get_task(task_id="{long_id}").mark_stop_request()

@@ -58,7 +58,9 @@ def _parse_like_sdk(endpoint: str, data: dict[str, Any], caplog: pytest.LogCaptu
         try:
             cls(**data)
         except Exception as exc:
-            raise AssertionError(f"{endpoint}: {type(exc).__name__}: {exc}\n{json.dumps(data)[:2000]}") from None
+            raise AssertionError(
+                f"{endpoint}: {type(exc).__name__}: {exc}\n{json.dumps(data)[:2000]}"
+            ) from None
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], endpoint
 
 
@@ -72,12 +74,14 @@ class Recorder:
     def __call__(self, endpoint: str, **body: Any) -> dict[str, Any]:
         reply = api_call(self.server, endpoint, body)
         meta = reply["meta"]
-        assert meta["result_code"] == 200, f"{endpoint}: {meta['result_code']}/{meta['result_subcode']} {meta['result_msg']}"
+        assert meta["result_code"] == 200, (
+            f"{endpoint}: {meta['result_code']}/{meta['result_subcode']} {meta['result_msg']}"
+        )
         self.seen.setdefault(endpoint, []).append(reply["data"])
         return reply["data"]
 
 
-def _exercise_everything(call: Recorder) -> None:  # noqa: PLR0915 - one scenario, in order
+def _exercise_everything(call: Recorder) -> None:
     call("debug.ping")
     call("server.info")
     call("users.get_current_user")
@@ -102,10 +106,18 @@ def _exercise_everything(call: Recorder) -> None:  # noqa: PLR0915 - one scenari
     call("tasks.edit", task=task, comment="edited", script={"entry_point": "x.py"})
     call("tasks.update", task=task, tags=["a"])
     call("tasks.set_requirements", task=task, requirements={"pip": "numpy"})
-    call("tasks.edit_hyper_params", task=task, hyperparams=[{"section": "General", "name": "lr", "value": "0.1"}])
+    call(
+        "tasks.edit_hyper_params",
+        task=task,
+        hyperparams=[{"section": "General", "name": "lr", "value": "0.1"}],
+    )
     call("tasks.get_hyper_params", tasks=[task])
     call("tasks.delete_hyper_params", task=task, hyperparams=[{"section": "General", "name": "lr"}])
-    call("tasks.edit_configuration", task=task, configuration=[{"name": "cfg", "value": "a: 1", "type": "yaml"}])
+    call(
+        "tasks.edit_configuration",
+        task=task,
+        configuration=[{"name": "cfg", "value": "a: 1", "type": "yaml"}],
+    )
     call("tasks.get_configurations", tasks=[task])
     call("tasks.get_configuration_names", tasks=[task])
     call("tasks.delete_configuration", task=task, configuration=["cfg"])
@@ -137,7 +149,7 @@ def _exercise_everything(call: Recorder) -> None:  # noqa: PLR0915 - one scenari
     call("queues.remove_task", queue=queue, task=task)
     call("queues.add_or_update_metadata", queue=queue, metadata=[{"key": "k", "type": "str", "value": "v"}])
     call("queues.get_queue_metrics", queue_ids=[queue])
-    call("tasks.enqueue", task=clone, queue=queue)
+    call("tasks.enqueue", task=clone, queue=queue, verify_watched_queue=True)
     call("workers.register", worker="schema:worker", queues=[queue])
     call("queues.get_next_task", queue=queue)
     call("queues.get_next_task", queue=queue)  # empty: {}
@@ -245,7 +257,9 @@ def _raw(server: ClearMLServer, path: str, data: bytes, auth: str | None = "basi
         ("/not-an-endpoint", b"{}", 404, 0),
     ],
 )
-def test_error_envelopes(clearml_server: ClearMLServer, path: str, body: bytes, code: int, subcode: int) -> None:
+def test_error_envelopes(
+    clearml_server: ClearMLServer, path: str, body: bytes, code: int, subcode: int
+) -> None:
     """Bad requests get a ClearML error envelope with the right codes, never a 500 or a traceback."""
     status, reply = _raw(clearml_server, path, body)
     assert status == code
@@ -270,7 +284,7 @@ def test_wrong_or_missing_credentials_get_401(clearml_server: ClearMLServer) -> 
 
 def test_server_binds_localhost_and_keeps_credentials_private(clearml_server: ClearMLServer) -> None:
     """Default bind address is 127.0.0.1; the credentials file is mode 0600."""
-    from clearml_local.server import DEFAULT_HOST, read_state
+    from clearml_local.settings import DEFAULT_HOST, read_state
 
     assert DEFAULT_HOST == "127.0.0.1"
     assert read_state(clearml_server.data_dir)["host"] == "127.0.0.1"
@@ -296,7 +310,10 @@ def test_invalid_transitions_are_refused(clearml_server: ClearMLServer) -> None:
     assert _code(api_call(clearml_server, "tasks.stopped", {"task": task})) == (400, 110)
     assert _code(api_call(clearml_server, "tasks.started", {"task": task})) == (200, 0)
     assert _code(api_call(clearml_server, "tasks.edit", {"task": task, "name": "x"})) == (400, 110)
-    assert _code(api_call(clearml_server, "tasks.edit", {"task": task, "name": "x", "force": True})) == (200, 0)
+    assert _code(api_call(clearml_server, "tasks.edit", {"task": task, "name": "x", "force": True})) == (
+        200,
+        0,
+    )
     assert _code(api_call(clearml_server, "tasks.completed", {"task": task})) == (200, 0)
     queue = api_call(clearml_server, "queues.create", {"name": "sm-q"})["data"]["id"]
     assert _code(api_call(clearml_server, "tasks.enqueue", {"task": task, "queue": queue})) == (400, 110)
@@ -313,7 +330,12 @@ def test_enqueue_dequeue_reset_keep_queue_consistent(clearml_server: ClearMLServ
     queue = api_call(clearml_server, "queues.create", {"name": "consistency-q"})["data"]["id"]
 
     def entries() -> list[str]:
-        return [e["task"] for e in api_call(clearml_server, "queues.get_by_id", {"queue": queue})["data"]["queue"]["entries"]]
+        return [
+            e["task"]
+            for e in api_call(clearml_server, "queues.get_by_id", {"queue": queue})["data"]["queue"][
+                "entries"
+            ]
+        ]
 
     task = _new_task(clearml_server)
     api_call(clearml_server, "tasks.enqueue", {"task": task, "queue": queue})
@@ -353,3 +375,22 @@ def test_concurrent_get_next_task_hands_out_each_entry_once(clearml_server: Clea
         results = [t for part in pool.map(drain, range(16)) for t in part]
     assert sorted(results) == sorted(tasks)
     assert len(results) == len(set(results))
+
+
+def test_concurrent_read_modify_writes_lose_nothing(clearml_server: ClearMLServer) -> None:
+    """8 clients upsert artifacts and hyper-parameters of one task at once: every write is kept."""
+    task = _new_task(clearml_server, "rmw")
+
+    def write(worker: int) -> None:
+        for i in range(15):
+            key = f"w{worker}-{i}"
+            artifact = {"key": key, "type": "str", "uri": f"file:///{key}"}
+            api_call(clearml_server, "tasks.add_or_update_artifacts", {"task": task, "artifacts": [artifact]})
+            param = {"section": "S", "name": key, "value": str(i)}
+            api_call(clearml_server, "tasks.edit_hyper_params", {"task": task, "hyperparams": [param]})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+    doc = api_call(clearml_server, "tasks.get_by_id", {"task": task})["data"]["task"]
+    assert len(doc["execution"]["artifacts"]) == 8 * 15
+    assert len(doc["hyperparams"]["S"]) == 8 * 15

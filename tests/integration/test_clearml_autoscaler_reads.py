@@ -15,7 +15,9 @@ def test_autoscaler_sees_queue_entries_and_worker_timestamps(clearml_server: Cle
     queue = api_call(clearml_server, "queues.create", {"name": "scale-q"})["data"]["id"]
     waiting = []
     for i in range(2):
-        task = api_call(clearml_server, "tasks.create", {"name": f"scale-{i}", "type": "training"})["data"]["id"]
+        task = api_call(clearml_server, "tasks.create", {"name": f"scale-{i}", "type": "training"})["data"][
+            "id"
+        ]
         api_call(clearml_server, "tasks.enqueue", {"task": task, "queue": queue})
         waiting.append(task)
     busy = api_call(clearml_server, "tasks.create", {"name": "scale-busy", "type": "training"})["data"]["id"]

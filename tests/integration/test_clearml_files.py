@@ -161,3 +161,12 @@ def test_sdk_artifacts_and_storage_manager_on_the_embedded_server(clearml_server
         str(tmp_path / "arr.npy"), f"{clearml_server.files_host}/fleetfl-test/a b/ärr (1).npy"
     )
     np.testing.assert_array_equal(np.load(StorageManager.get_local_copy(url, force_download=True)), array)
+
+
+def test_file_and_folder_names_do_not_collide(client: TestClient, files_root: Path) -> None:
+    assert client.post("/", files={"/x/y.txt": ("y.txt", b"1")}, headers=AUTH).status_code == 200
+    assert client.post("/", files={"/x": ("x", b"2")}, headers=AUTH).status_code == 409  # x is a folder
+    assert (
+        client.post("/", files={"/x/y.txt/z": ("z", b"3")}, headers=AUTH).status_code == 409
+    )  # y.txt a file
+    assert (files_root / "x" / "y.txt").read_bytes() == b"1" and not leftovers(files_root)

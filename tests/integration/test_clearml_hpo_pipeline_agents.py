@@ -137,20 +137,25 @@ pipe.add_function_step(name="square", function=square, function_kwargs={{"data":
 pipe.add_function_step(name="total", function=total, function_kwargs={{"values": "${{square.values}}"}},
                        function_return=["result"], parents=["square"], cache_executed_step=False)
 pipe.start(queue="{controller_queue}")
-print("CONTROLLER", pipe.id)
 """
 
 
 @pytest.mark.slow
-def test_pipeline_on_queue_executed_by_agents(clearml_server: ClearMLServer, clearml_agent, tmp_path: Path) -> None:
+def test_pipeline_on_queue_executed_by_agents(
+    clearml_server: ClearMLServer, clearml_agent, tmp_path: Path
+) -> None:
     """(b) The controller runs on one agent's queue, its steps on another agent's queue."""
     from tests.fixtures.clearml import wait_for
 
     ensure_queue(clearml_server, "pipe-controller-q")
     ensure_queue(clearml_server, "pipe-steps-q")
     code = PIPELINE_ON_QUEUE.format(steps_queue="pipe-steps-q", controller_queue="pipe-controller-q")
-    out = run_sdk_script(clearml_server, code, tmp_path / "pipe")
-    controller = next(line.split()[1] for line in out.splitlines() if line.startswith("CONTROLLER"))
+    run_sdk_script(clearml_server, code, tmp_path / "pipe")  # enqueues the controller and exits
+    found = api_call(
+        clearml_server, "tasks.get_all", {"name": "^ctl-remote$", "only_fields": ["id", "status"]}
+    )
+    ((controller, queued),) = [(t["id"], t["status"]) for t in found["data"]["tasks"]]
+    assert queued == "queued"
     controller_agent = clearml_agent("pipe-controller-q")
     steps_agent = clearml_agent("pipe-steps-q")
 
@@ -160,9 +165,65 @@ def test_pipeline_on_queue_executed_by_agents(clearml_server: ClearMLServer, cle
     logs = lambda: f"CONTROLLER:\n{controller_agent.log()[-3000:]}\nSTEPS:\n{steps_agent.log()[-3000:]}"  # noqa: E731
     wait_for(lambda: status(controller) in ("completed", "failed", "stopped"), 600, f"the pipeline\n{logs()}")
     assert status(controller) == "completed", logs()
-    steps = api_call(clearml_server, "tasks.get_all", {"parent": controller, "only_fields": ["name", "status"]})
+    steps = api_call(
+        clearml_server, "tasks.get_all", {"parent": controller, "only_fields": ["name", "status"]}
+    )
     assert sorted((t["name"], t["status"]) for t in steps["data"]["tasks"]) == [
         ("make_data", "completed"),
         ("square", "completed"),
         ("total", "completed"),
     ]
+
+
+@pytest.mark.slow
+def test_two_agents_pipeline_and_hpo_at_once_lose_and_duplicate_nothing(
+    clearml_server: ClearMLServer, clearml_agent, tmp_path: Path
+) -> None:
+    """Two agents share one queue fed by an HPO run and extra clones while a pipeline runs locally."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fixtures.clearml import wait_for
+    from tests.integration.test_clearml_sdk_flows import PIPELINE_CONTROLLER
+
+    queue = "mixed-q"
+    ensure_queue(clearml_server, queue)
+    base = _base_task(clearml_server, tmp_path, "mixed-base", pause=0.0)
+    agents = [clearml_agent(queue), clearml_agent(queue)]
+    clones = f"""
+from clearml import Task
+base = Task.get_task(task_id="{base}")
+for i in range(4):
+    clone = Task.clone(source_task=base, name=f"mixed-clone-{{i}}")
+    clone.set_parameters({{"General/lr": 0.1 * i}})
+    Task.enqueue(clone, queue_name="{queue}")
+    print("CLONE", clone.id)
+"""
+    hpo = OPTIMIZER.format(name="mixed-hpo", base=base, queue=queue, start="start()")
+    pipeline = PIPELINE_CONTROLLER.replace('name="ctl"', 'name="ctl-mixed"')
+    with ThreadPoolExecutor(3) as pool:
+        runs = [
+            pool.submit(run_sdk_script, clearml_server, hpo, tmp_path / "hpo", "hpo.py", 900),
+            pool.submit(run_sdk_script, clearml_server, pipeline, tmp_path / "pipe", "pipe.py", 900),
+            pool.submit(run_sdk_script, clearml_server, clones, tmp_path / "clones", "clones.py", 300),
+        ]
+        try:
+            hpo_out, pipe_out, clones_out = (r.result() for r in runs)
+        except AssertionError as exc:
+            logs = "\n".join(a.log()[-3000:] for a in agents)
+            raise AssertionError(f"{exc}\nAGENTS:\n{logs}") from None
+    _check_hpo(clearml_server, _result(hpo_out))
+    assert "STATUSES ['completed']" in pipe_out and "VALUES [0, 1, 4, 9, 16]" in pipe_out
+    clone_ids = [line.split()[1] for line in clones_out.splitlines() if line.startswith("CLONE")]
+
+    def status(task_id: str) -> str:
+        return api_call(clearml_server, "tasks.get_by_id", {"task": task_id})["data"]["task"]["status"]
+
+    wait_for(lambda: all(status(t) == "completed" for t in clone_ids), 300, "the clones")
+    trials = _result(hpo_out)["children"]
+    pulled = [m for a in agents for m in re.findall(r"task (\w+) pulled from", a.log())]
+    for task_id in [*clone_ids, *trials]:
+        assert pulled.count(task_id) == 1, (task_id, pulled)  # every entry ran once, on one agent
+    assert len(pulled) == len(set(pulled))
+    queue_doc = api_call(clearml_server, "queues.get_all", {"name": f"^{queue}$"})["data"]["queues"][0]
+    assert queue_doc["entries"] == []

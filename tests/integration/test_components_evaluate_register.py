@@ -48,6 +48,7 @@ def test_candidate_is_evaluated_and_registered_with_metrics(clearml_server, tmp_
     assert Path(model.get_local_copy()).read_bytes() == weights.read_bytes()  # uploaded as is
 
 
+@pytest.mark.slow
 def test_weights_that_do_not_match_the_model_are_refused(tmp_path: Path) -> None:
     import numpy as np
     import torch

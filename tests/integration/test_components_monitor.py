@@ -109,3 +109,5 @@ def test_monitor_service_task_on_an_agent(clearml_server, weights_file: Path, tm
     ]
     assert production_model(project).id == ids[2]
     assert len(Task.get_task(clone.id).artifacts["decisions"].get()["decisions"]) == 3
+    log = "\n".join(map(str, clone.get_reported_console_output(200)))
+    assert f"ALERT: candidate model {ids[1]} rolled back" in log  # the alert, as a ClearML report

@@ -111,3 +111,26 @@ def test_failure_half_way_leaves_no_half_registered_versions(clearml_server, mon
         vd.version_data("synthetic:8", clients=2, project=project, imgsz=64)
     assert calls == ["client_0", "client_1"]
     assert _all_datasets(project) == []  # the source and client_0 were deleted again
+
+
+@pytest.mark.slow
+def test_path_source_versions_follow_content_and_registered_sources_are_reused(
+    clearml_server, make_kitti
+) -> None:
+    from clearml import Dataset
+
+    project = f"fleetfl-test/vd-kitti-{uuid.uuid4().hex[:6]}"
+    root = make_kitti()
+    first = vd.version_data(f"kitti:{root}", clients=2, project=project, eval_fraction=0.3)
+    assert first["partition"]["images"] == 6
+    # the registered source itself is a valid source: its shards hang off the same version
+    by_id = vd.version_data(f"clearml:{first['source']}:kitti", clients=2, project=project, eval_fraction=0.3)
+    assert by_id["source"] == first["source"]
+    assert Dataset.get(dataset_id=by_id["clients"][0]).get_dependency_graph()[by_id["clients"][0]] == [
+        first["source"]
+    ]
+    # changed content is a new source version (and new shards), never a stale reuse
+    label = root / "training" / "label_2" / "000000.txt"
+    label.write_text(label.read_text().replace("Car 0.00", "Van 0.00"))
+    changed = vd.version_data(f"kitti:{root}", clients=2, project=project, eval_fraction=0.3)
+    assert changed["reused"] is False and changed["source"] != first["source"]

@@ -55,6 +55,14 @@ def test_ultralytics_resolves_the_data_yaml(prepared_data_dir: Path) -> None:
     data = check_det_dataset(str(prepared_data_dir / "client_0" / "data.yaml"))
     assert Path(data["train"]) == (prepared_data_dir / "client_0" / "images").resolve()
     assert data["nc"] == len(DEFAULT_CLASSES)
+    # ultralytics' own label reader (verify_image_label) accepts every image and box we wrote
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+
+    dataset = build_yolo_dataset(get_cfg(overrides={"imgsz": 64}), data["train"], 4, data, mode="val")
+    split = json.loads((prepared_data_dir / "partition.json").read_text())["splits"]["client_0"]
+    assert len(dataset.labels) == split["images"]
+    assert sum(len(label["cls"]) for label in dataset.labels) == split["boxes"]
 
 
 def test_synthetic_attribute_split(tmp_path: Path) -> None:
@@ -108,3 +116,17 @@ def test_layout_helpers(prepared_data_dir: Path, tmp_path: Path) -> None:
         client_yaml(prepared_data_dir, 2)
     with pytest.raises(DataError, match="fleetfl data prepare"):
         read_partition(tmp_path)
+
+
+def test_cli_skip_prints_and_writes_the_validation_report(make_kitti, tmp_path, capsys) -> None:
+    root = make_kitti()
+    (root / "training" / "label_2" / "000002.txt").write_text("Car 0 0 0 x 2 3 4 1 1 1 1 1 1 1\n")
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--source", f"kitti:{root}", "--clients", "2", "--policy", "skip",
+                 "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "skipped 1 item(s) under --policy skip:" in printed
+    assert "000002.txt:1: non-numeric field 'x' (skipped 000002.png)" in printed
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["count"] == 1 and validation["issues"][0]["skipped"] == "000002.png"
+    assert json.loads((out / "partition.json").read_text())["images"] == 5

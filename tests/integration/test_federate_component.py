@@ -1,11 +1,13 @@
 """The federate component on the embedded ClearML server with real clearml-agents.
 
 * bad arguments are refused before any task is created or enqueued (fast);
-* a server task on the server queue starts a SuperLink, enqueues one client task per shard, runs the
-  rounds and reports them (scalars per round, checkpoints, registered model, client tasks done);
-* cloning that server task, editing ``federated/rounds`` and enqueuing the clone runs the edited
-  number of rounds;
-* a server whose clients never come fails with a clear error and its client tasks are stopped.
+* a server whose clients never come fails with a clear error and its client tasks are stopped;
+* a client task killed after round 1 is survived when ``min_clients`` allows (round 2 ends with the
+  other client).
+
+The happy path (server task, client tasks, per-round scalars, checkpoints, registered model) and
+clone-edit-enqueue of the server task run on the pipeline's federate task in
+``tests/e2e/test_pipeline.py``.
 
 Queues get unique names so that other tests' agents never pick these tasks up.
 """
@@ -76,6 +78,16 @@ def test_bad_config_is_refused_before_any_task(clearml_server) -> None:
     assert _task_count(project) == 0
 
 
+def test_missing_queues_are_refused_before_any_task(clearml_server) -> None:
+    project = f"fleetfl-test/federate-bad-{uuid.uuid4().hex[:6]}"
+    datasets = {"eval": "e" * 32, "clients": ["a" * 32, "b" * 32]}
+    with pytest.raises(ComponentError, match="queue 'no-such-server-queue' does not exist"):
+        fed.federate(datasets, TINY, project=project, server_queue="no-such-server-queue")
+    with pytest.raises(ComponentError, match="queue 'site-b' does not exist"):
+        fed.federate(datasets, TINY, project=project, server_queue=None, client_queues=["site-a", "site-b"])
+    assert _task_count(project) == 0
+
+
 def test_round_report_and_rollback_record() -> None:
     row = {"round": 3, "map50_95": 0.1, "rolled_back_to": 2, "best_map50_95": 0.3}
     assert fed.rollback_of(row) == {"round": 3, "map50_95": 0.1, "restored_round": 2, "best_map50_95": 0.3}
@@ -110,20 +122,6 @@ def shards(clearml_server) -> dict:
     return {**version_data("synthetic:16", clients=2, seed=1, project=project, imgsz=64), "project": project}
 
 
-@pytest.fixture(scope="module")
-def federated_run(shards: dict, fl_queues: dict[str, str]) -> dict:
-    """One federate call (1 round) through the server queue."""
-    return fed.federate(
-        shards,
-        TINY,
-        project=shards["project"],
-        server_queue=fl_queues["server"],
-        client_queue=fl_queues["clients"],
-        client_wait_s=240,
-        wait_timeout_s=600,
-    )
-
-
 def _scalar_iterations(task_id: str, title: str, series: str) -> list[int]:
     from clearml import Task
 
@@ -132,57 +130,13 @@ def _scalar_iterations(task_id: str, title: str, series: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_server_task_runs_clients_reports_rounds_and_registers_the_model(
-    federated_run: dict, shards: dict
-) -> None:
-    from clearml import Model, Task
-
-    out = federated_run
-    assert [r["round"] for r in out["rounds"]] == [1]
-    assert 0.0 <= out["rounds"][0]["map50_95"] <= 1.0 and out["rounds"][0]["bytes_sent"] > 0
-    server = Task.get_task(task_id=out["server_task_id"])
-    assert server.get_status() == "completed"
-    params = server.get_parameters_as_dict()
-    assert params["federated"]["rounds"] == "1" and params["General"]["role"] == "server"
-    assert _scalar_iterations(server.id, "global", "map50_95") == [1]
-    assert _scalar_iterations(server.id, "client_loss", "client_0") == [1]
-    assert _scalar_iterations(server.id, "bytes", "sent") == [1]
-    assert "checkpoint-round-0001" in server.artifacts and "superlink-ca" in server.artifacts
-    props = server.get_user_properties(value_only=True)
-    assert props[fed.PROP_ADDRESS].startswith("127.0.0.1:") and len(props[fed.PROP_CA_SHA256]) == 64
-    assert len(out["client_task_ids"]) == 2
-    for index, client_id in enumerate(out["client_task_ids"]):
-        client = Task.get_task(task_id=client_id)
-        assert client.get_status() == "completed", client.data.status_message
-        assert client.parent == server.id
-        assert client.get_parameter("General/dataset_id") == shards["clients"][index]
-    model = Model(model_id=out["model_id"])
-    assert model.url and model.task == server.id
-
-
-@pytest.mark.slow
-def test_cloned_server_task_runs_the_edited_number_of_rounds(
-    federated_run: dict, fl_queues: dict[str, str]
-) -> None:
-    from clearml import Task
-
-    from components.common import read_output
-
-    clone = Task.clone(source_task=federated_run["server_task_id"], name="federate (2 rounds)")
-    clone.set_parameters({"federated/rounds": 2})
-    Task.enqueue(clone, queue_name=fl_queues["server"])
-    fed.wait_for_task(clone.id, timeout_s=600)
-    out = read_output(clone.id)
-    assert [r["round"] for r in out["rounds"]] == [1, 2]
-    assert _scalar_iterations(clone.id, "global", "map50_95") == [1, 2]
-    assert set(out["client_task_ids"]).isdisjoint(federated_run["client_task_ids"])
-
-
-@pytest.mark.slow
 def test_missing_clients_fail_clearly_and_are_cleaned_up(shards: dict, fl_queues: dict[str, str]) -> None:
     from clearml import Task
 
+    from queues.definitions import ensure_queue
+
     nobody = f"p2-nobody-{uuid.uuid4().hex[:6]}"
+    ensure_queue(nobody)  # a queue that exists, but no agent serves it
     started = time.monotonic()
     with pytest.raises(fed.FederateError, match="client SuperNode"):
         fed.federate(
@@ -196,7 +150,7 @@ def test_missing_clients_fail_clearly_and_are_cleaned_up(shards: dict, fl_queues
         )
     assert time.monotonic() - started < 280
     server = Task.get_tasks(
-        project_name=shards["project"], task_name="federate", task_filter={"status": ["failed"]}
+        project_name=shards["project"], task_name="federate-server", task_filter={"status": ["failed"]}
     )
     assert server, "the failed server task is not there"
     children = Task.get_tasks(task_filter={"parent": server[0].id})
@@ -212,3 +166,44 @@ def test_find_data_yaml(tmp_path: Path) -> None:
     assert fed._find_data_yaml(tmp_path) == tmp_path / "data.yaml"
     with pytest.raises(ComponentError, match=r"expected one data\.yaml"):
         fed._find_data_yaml(tmp_path / "a" / "missing")
+
+
+@pytest.mark.slow
+def test_killed_client_task_is_survived_with_min_clients_1(shards: dict, fl_queues: dict[str, str]) -> None:
+    """Two clients, min_clients 1: client 1's task is stopped after round 1; round 2 ends with client 0."""
+    import json
+
+    from clearml import Task
+
+    from components.common import read_output
+
+    server = fed.create_server_task(
+        shards,
+        {**TINY, "rounds": 2, "round_timeout": 60.0},
+        project=shards["project"],
+        task_name="federate-kill",
+        client_queue=fl_queues["clients"],
+        min_clients=1,
+        client_wait_s=240,
+    )
+    Task.enqueue(server, queue_name=fl_queues["server"])
+    deadline = time.monotonic() + 420
+    while _scalar_iterations(server.id, "global", "map50_95") != [1]:
+        assert time.monotonic() < deadline, "round 1 was not reported in time"
+        assert Task.get_task(task_id=server.id).get_status() in ("queued", "in_progress")
+        time.sleep(2)
+    clients = Task.get_tasks(task_filter={"parent": server.id})
+    victim = next(c for c in clients if c.get_parameter("General/partition_id") == "1")
+    victim.mark_stopped(force=True, status_message="killed by the test")
+    fed.wait_for_task(server.id, timeout_s=420)
+    out = read_output(server.id)
+    assert [r["round"] for r in out["rounds"]] == [1, 2]
+    rows = [
+        json.loads(line)
+        for line in Path(Task.get_task(task_id=server.id).artifacts["metrics.jsonl"].get_local_copy())
+        .read_text()
+        .splitlines()
+    ]
+    ok_round_2 = [c for c in rows[1]["clients"] if c["status"] == "ok"]
+    assert [c["partition_id"] for c in ok_round_2] == [0]
+    assert Task.get_task(task_id=victim.id).get_status() == "stopped"

@@ -46,7 +46,14 @@ def test_guarded_strategy_starts_the_next_round_from_restored_weights() -> None:
         def get_node_ids(self) -> list[int]:
             return [1]
 
-    messages = list(strategy.configure_train(2, collapsed, ConfigRecord(), OneNodeGrid()))
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # as in a ServerApp
+    try:
+        messages = list(strategy.configure_train(2, collapsed, ConfigRecord(), OneNodeGrid()))
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
     assert np.array_equal(
         next(iter(messages[0].content.array_records.values())).to_numpy_ndarrays()[0], np.zeros(3)
     )

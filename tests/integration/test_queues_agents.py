@@ -18,6 +18,7 @@ def _queue_names() -> list[str]:
     return [queue.name for queue in APIClient().queues.get_all()]
 
 
+@pytest.mark.slow
 def test_queues_create_is_idempotent(clearml_server, repo_root: Path) -> None:
     first = create_queues()
     second = create_queues()

@@ -78,13 +78,14 @@ def test_user_data_is_valid_bash_that_starts_the_agent_under_the_expected_worker
 def test_resources_map_onto_clearml_driver_fields() -> None:
     config = config_from_yaml(CONFIG)
     spot, on_demand = (resource_configuration(config, r) for r in config.resources)
-    assert spot["is_spot"] is True and spot["subnet_id"] == "subnet-0123456789abcdef0"
+    assert spot["subnet_id"] == "subnet-0123456789abcdef0"
+    assert spot["extra_configurations"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert "InstanceMarketOptions" not in on_demand["extra_configurations"]
     assert dict(parse_tags(spot["tags"])) == {
         "project": "fleetfl",
         "cost-center": "research",
         OWNER_TAG: "fleetfl",
     }
-    assert "extra_configurations" not in spot  # a spot launch specification accepts neither
     assert "ebs_device_name" not in spot  # the AMI's own root volume
     assert on_demand["availability_zone"] == "eu-west-1a" and "subnet_id" not in on_demand
     assert on_demand["security_group_ids"] == ["sg-0123456789abcdef0"] and on_demand["key_name"] == "ops"

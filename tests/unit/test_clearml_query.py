@@ -11,7 +11,8 @@ from clearml_local.store import metric_hash
 M, V = metric_hash("loss"), metric_hash("total")
 DOCS = [
     {"id": "a", "name": "train-1", "status": "completed", "tags": ["x", "y"], "system_tags": [],
-     "runtime": {}, "last_metrics": {M: {V: {"value": 0.5}}}, "execution": {"artifacts": [{"key": "k", "uri": "u"}]}},
+     "runtime": {},
+     "last_metrics": {M: {V: {"value": 0.5}}}, "execution": {"artifacts": [{"key": "k", "uri": "u"}]}},
     {"id": "b", "name": "train-2", "status": "stopped", "tags": ["x"], "system_tags": ["archived"],
      "runtime": {"version": "1"}, "last_metrics": {M: {V: {"value": 10}}}},
     {"id": "c", "name": "eval", "status": "completed", "tags": [], "system_tags": ["hidden"],
@@ -68,11 +69,17 @@ def test_projection_keeps_empty_parent_objects_like_mongodb() -> None:
     assert project(DOCS[0], ["runtime.version", "name"]) == {"id": "a", "name": "train-1", "runtime": {}}
     assert project(DOCS[1], ["runtime.version"]) == {"id": "b", "runtime": {"version": "1"}}
     assert project(DOCS[2], ["runtime.version"]) == {"id": "c"}  # no runtime at all: left out
-    assert project(DOCS[0], [f"last_metrics.{M}.{V}"]) == {"id": "a", "last_metrics": {M: {V: {"value": 0.5}}}}
+    assert project(DOCS[0], [f"last_metrics.{M}.{V}"]) == {
+        "id": "a",
+        "last_metrics": {M: {V: {"value": 0.5}}},
+    }
 
 
 def test_projection_into_arrays_and_exclusion() -> None:
-    assert project(DOCS[0], ["execution.artifacts.key"]) == {"id": "a", "execution": {"artifacts": [{"key": "k"}]}}
+    assert project(DOCS[0], ["execution.artifacts.key"]) == {
+        "id": "a",
+        "execution": {"artifacts": [{"key": "k"}]},
+    }
     excluded = project(DOCS[0], ["-last_metrics", "-execution.artifacts"])
     assert "last_metrics" not in excluded and excluded["execution"] == {}
     assert "last_metrics" in DOCS[0] and DOCS[0]["execution"]["artifacts"]  # the source is untouched

@@ -62,6 +62,17 @@ def test_bdd100k_json_file_as_source(make_bdd) -> None:
     assert len(read_bdd100k(root / "labels.json", load_class_map(None), IssueLog())) == 5
 
 
+def test_bdd100k_official_layout(make_bdd) -> None:
+    root = make_bdd()  # -> bdd/labels/det_20/det_val.json and bdd/images/100k/val/*.jpg
+    (root / "labels" / "det_20").mkdir(parents=True)
+    (root / "labels.json").rename(root / "labels" / "det_20" / "det_val.json")
+    (root / "images").rename(root / "val")
+    (root / "images" / "100k").mkdir(parents=True)
+    (root / "val").rename(root / "images" / "100k" / "val")
+    samples = read_bdd100k(root / "labels" / "det_20" / "det_val.json", load_class_map(None), IssueLog())
+    assert len(samples) == 5 and samples[0].image.parent == root / "images" / "100k" / "val"
+
+
 @pytest.mark.parametrize("names_as_dict", [False, True])
 def test_yolo_roboflow_export(make_yolo, names_as_dict: bool) -> None:
     samples = read_yolo(make_yolo(names_as_dict=names_as_dict), load_class_map(None), IssueLog())

@@ -18,7 +18,6 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Krum,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from federated.config import STRATEGIES, FederatedConfig
 from federated.strategies import (
@@ -33,14 +32,7 @@ from federated.strategies import (
     payload_bytes,
 )
 
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    """Messages are made in a ServerApp process, whose identity Flower sets; set it like it does."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class StaticGrid(Grid):

@@ -1,0 +1,67 @@
+"""``fleetfl server start --detach | status | env | stop`` on a temporary data dir."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.clearml import REPO_ROOT
+
+
+def fleetfl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow  # five CLI processes: ~5 s idle, 15 s on a loaded machine
+def test_server_start_status_env_stop(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    started = fleetfl(
+        "server", "start", "--data", str(data), "--api-port", "0", "--files-port", "0", "--detach"
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "ClearML API http://127.0.0.1:" in started.stdout
+
+        status = fleetfl("server", "status", "--data", str(data))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert '"answering": true' in status.stdout
+
+        again = fleetfl("server", "start", "--data", str(data), "--api-port", "0", "--detach")
+        assert again.returncode == 2 and "already running" in again.stderr
+
+        conf = tmp_path / "clearml.conf"
+        env = fleetfl("server", "env", "--data", str(data), "--write-conf", str(conf))
+        assert env.returncode == 0, env.stderr
+        exports = dict(
+            shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in env.stdout.splitlines()
+        )
+        assert set(exports) == {
+            "CLEARML_API_HOST",
+            "CLEARML_WEB_HOST",
+            "CLEARML_FILES_HOST",
+            "CLEARML_API_ACCESS_KEY",
+            "CLEARML_API_SECRET_KEY",
+            "CLEARML_CONFIG_FILE",
+        }
+        assert exports["CLEARML_API_HOST"] in started.stdout
+        text = conf.read_text()
+        assert "report_use_subprocess: false" in text and exports["CLEARML_API_SECRET_KEY"] in text
+        assert stat.S_IMODE(os.stat(conf).st_mode) == 0o600
+        assert exports["CLEARML_API_SECRET_KEY"] not in (data / "server.log").read_text()
+    finally:
+        stopped = fleetfl("server", "stop", "--data", str(data))
+    assert stopped.returncode == 0, stopped.stderr
+    assert fleetfl("server", "status", "--data", str(data)).returncode == 1
+    assert not (data / "server.json").exists()

@@ -1,0 +1,42 @@
+"""Component parameters: what a UI edit (always text) turns into when the task runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.common import ComponentError, _decode, _encode
+
+
+@pytest.mark.parametrize(
+    ("stored", "default", "expected"),
+    [
+        ("3", 2, 3),
+        ("3.0", 2, 3),  # an optimizer's float for an integer parameter
+        (" 4 ", 2, 4),
+        ("0.5", 0.1, 0.5),
+        ("", None, None),  # None defaults are stored as ""
+        ("path.yaml", None, "path.yaml"),
+        ("[1, 2]", [], [1, 2]),
+        ('{"a": 1}', {}, {"a": 1}),
+        ('["candidate"]', ("x",), ("candidate",)),
+        ("True", False, True),
+        ("false", True, False),
+        (7, "", "7"),
+    ],
+)
+def test_edited_values_come_back_with_the_defaults_types(stored, default, expected) -> None:
+    assert _decode(stored, default, "key", "General") == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "default"), [("2.5", 1), ("x", 1.0), ("maybe", True), ("[1", []), ("{}", [])]
+)
+def test_bad_edits_name_the_parameter(stored, default) -> None:
+    with pytest.raises(ComponentError, match="parameter General/key"):
+        _decode(stored, default, "key", "General")
+
+
+def test_encoding_round_trip() -> None:
+    for value in ([1, "a"], {"eval": "id", "clients": ["a", "b"]}, 3, 0.25, True, "text"):
+        assert _decode(_encode(value), value, "key", "General") == value
+    assert _encode(None) == ""

@@ -1,0 +1,55 @@
+"""The ClientApp's train/evaluate handlers, called through Flower's own ClientApp dispatch (no engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fl_ultralytics", "flower_task_identity")]
+
+
+def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from federated import yolo_task
+    from federated.client_app import app
+    from federated.strategies import METRIC_EXAMPLES, METRIC_LOSS, METRIC_PARTITION, METRIC_SECONDS
+
+    names = yolo_task.read_dataset(fl_data_dir / "eval" / "data.yaml").names
+    weights = yolo_task.get_weights(yolo_task.build_model(fl_config.model, names, seed=0))
+    config = ConfigRecord(
+        {**fl_config.to_flat(), "data-dir": str(fl_data_dir), "server-round": 3, "proximal-mu": 0.5}
+    )
+    context = Context(
+        run_id=1,
+        node_id=42,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+
+    def message(kind: str) -> Message:
+        content = RecordDict({"arrays": ArrayRecord(weights), "config": config})
+        return Message(content, dst_node_id=42, message_type=kind)
+
+    reply = app(message(MessageType.TRAIN), context)
+    metrics = next(iter(reply.content.metric_records.values()))
+    assert metrics[METRIC_PARTITION] == 1
+    assert metrics[METRIC_EXAMPLES] == yolo_task.count_images(fl_data_dir / "client_1" / "data.yaml", "train")
+    assert np.isfinite(metrics[METRIC_LOSS]) and metrics[METRIC_SECONDS] > 0
+    trained = next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
+    assert [a.shape for a in trained] == [w.shape for w in weights]
+    data_yaml = fl_data_dir / "client_1" / "data.yaml"
+    expected = yolo_task.train_local(
+        weights, data_yaml, fl_config, seed=yolo_task.round_seed(0, 3, 1), proximal_mu=0.5
+    )
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(trained, expected.weights, strict=True)), (
+        "the client seeds its round from (seed, server-round, partition-id) and applies FedProx's proximal-mu"
+    )
+
+    evaluation = app(message(MessageType.EVALUATE), context)
+    result = next(iter(evaluation.content.metric_records.values()))
+    assert 0.0 <= result["map50_95"] <= result["map50"] <= 1.0
+    assert result[METRIC_EXAMPLES] == yolo_task.count_images(fl_data_dir / "client_1" / "data.yaml", "val")
