@@ -157,13 +157,13 @@ def federate(
         model_name=model_name,
     )
     cfg = resolve_config(config, params)
+    check_queues([*([server_queue] if server_queue else []), *client_queue_names(params)])
     if not server_queue:
         prepare_process()
         from clearml import Task
 
         task = Task.current_task() or init_component_task("federate-server", params, project=project)[0]
         return serve_federation(task, params, cfg)
-    check_queues([server_queue, *client_queue_names(params)])
     task = create_server_task(
         datasets, cfg, **{k: v for k, v in params.items() if k not in ("role", "datasets")}
     )

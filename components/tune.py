@@ -235,8 +235,8 @@ def tune(
     )
     # ClearML 2.1.12: when the search ends by itself, HyperParameterOptimizer.stop() joins the
     # progress reporter without waking it, so it returns only after the reporter's sleep (5 min by
-    # default). A short report period bounds that wait.
-    optimizer.set_report_period(max(poll_s, 5.0) / 60.0)
+    # default). A 30 s report period bounds that wait.
+    optimizer.set_report_period(0.5)
     LOG.info("tune: %d trial(s) over %s on %s", budget, ", ".join(space), queue or "this machine")
     started = optimizer.start_locally() if not queue else optimizer.start()
     if not started:

@@ -18,6 +18,9 @@ import argparse
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -98,10 +101,19 @@ def run_demo(out: Path, overrides: Mapping[str, Any] | None = None, keep: bool =
 
 def _start_server(data_dir: Path, conf: Path) -> None:
     """Start the embedded server (detached) and point this process' ClearML SDK at it."""
-    from clearml_local.cli import client_settings, cmd_start, running_state, write_conf
+    from clearml_local.cli import client_settings, running_state, write_conf
 
     if running_state(data_dir) is None:
-        cmd_start(argparse.Namespace(data=data_dir, host="127.0.0.1", api_port=0, files_port=0, detach=True))
+        # `fleetfl server start --detach` in its own process: the server outlives that process and is
+        # not this process' child (so it never lingers here as a zombie after it stops)
+        command = [sys.executable, "-m", "pipelines.cli", "server", "start", "--data", str(data_dir)]
+        command += ["--api-port", "0", "--files-port", "0", "--detach"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0 or running_state(data_dir) is None:
+            raise DemoError(
+                f"the ClearML server did not start: {(done.stderr or done.stdout).strip()[-1500:]}"
+            )
+        print(done.stdout.strip())
     settings = client_settings(data_dir)
     write_conf(conf, settings)
     os.environ.pop("CLEARML_OFFLINE_MODE", None)
@@ -218,6 +230,16 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -226,7 +248,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _stop(agents: list[Any], data_dir: Path, out: Path) -> None:
     """Stop the agents and the server this demo started."""
-    from clearml_local.cli import cmd_stop
+    from clearml_local.cli import cmd_stop, running_state
 
     try:
         from queues.agents import stop_agents
@@ -234,7 +256,14 @@ def _stop(agents: list[Any], data_dir: Path, out: Path) -> None:
         stop_agents(worker_ids=[a.worker_id for a in agents], state_dir=out / "agents")
     except Exception as exc:  # keep going: the server must stop too
         LOG.warning("demo: stopping the agents failed: %s", exc)
+    state = running_state(data_dir)
     try:
         cmd_stop(argparse.Namespace(data=data_dir))
-    except Exception as exc:
-        LOG.warning("demo: stopping the server failed: %s", exc)
+    except ValueError:  # a busy machine: give it longer, then end the process this demo started
+        pid = int((state or {}).get("pid", 0))
+        deadline = time.monotonic() + 45.0
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if pid and _alive(pid):
+            LOG.warning("demo: the server (pid %d) ignored SIGTERM; killing it", pid)
+            os.kill(pid, signal.SIGKILL)

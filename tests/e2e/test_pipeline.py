@@ -98,7 +98,7 @@ def pipeline_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) ->
     for queue, count in ((queues["server_queue"], 1), (queues["client_queue"], 2), (queues["hpo_queue"], 1)):
         records += start_agents(queue, count, state_dir=state)
     try:
-        assert wait_for_workers([r.worker_id for r in records], timeout_s=90), "agents did not register"
+        assert wait_for_workers([r.worker_id for r in records], timeout_s=240), "agents did not register"
         yield queues
     finally:
         stop_agents(state_dir=state)

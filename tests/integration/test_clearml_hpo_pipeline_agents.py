@@ -100,20 +100,6 @@ def test_hpo_optuna_start_locally(clearml_server: ClearMLServer, tmp_path: Path)
     _check_hpo(clearml_server, result)
 
 
-@pytest.mark.slow
-def test_hpo_optuna_with_agent_queue(clearml_server: ClearMLServer, clearml_agent, tmp_path: Path) -> None:
-    """(c) The same optimisation with trials enqueued and run by a clearml-agent."""
-    base = _base_task(clearml_server, tmp_path, "hpo-base-agent", pause=1.0)
-    ensure_queue(clearml_server, "hpo-agent-q")
-    agent = clearml_agent("hpo-agent-q")
-    code = OPTIMIZER.format(name="hpo-agent", base=base, queue="hpo-agent-q", start="start()")
-    try:
-        result = _result(run_sdk_script(clearml_server, code, tmp_path / "opt", timeout=900))
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nAGENT LOG:\n{agent.log()[-5000:]}") from None
-    _check_hpo(clearml_server, result)
-
-
 PIPELINE_ON_QUEUE = r"""
 from clearml import PipelineController
 
@@ -179,7 +165,11 @@ def test_pipeline_on_queue_executed_by_agents(
 def test_two_agents_pipeline_and_hpo_at_once_lose_and_duplicate_nothing(
     clearml_server: ClearMLServer, clearml_agent, tmp_path: Path
 ) -> None:
-    """Two agents share one queue fed by an HPO run and extra clones while a pipeline runs locally."""
+    """Two agents share one queue fed by an HPO run and extra clones while a pipeline runs locally.
+
+    Also the (c) contract with an agent-served execution queue: trial order and a pruned trial
+    (``_check_hpo``), and (b) a local PipelineController beside it.
+    """
     import re
     from concurrent.futures import ThreadPoolExecutor
 

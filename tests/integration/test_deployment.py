@@ -5,8 +5,9 @@ Two kinds of runs:
 * a tiny numpy Flower app written into ``tmp_path`` (real SuperLink, SuperNodes, ``flwr run``; no
   torch) checks the machinery: TLS and ``--insecure``, both ClientApp isolations, listening
   addresses, that every process is gone afterwards;
-* FleetFL's own app (``run_federated(engine="deployment")``, YOLO at 64 px, 1 epoch) checks the
-  outputs of a real run.
+* FleetFL's own app (``fleetfl federate --engine deployment`` / ``run_federated``: real ultralytics
+  training at 64 px, 1 epoch, a small detector yaml) checks the outputs of a TLS run and what
+  happens when a client dies mid-round (with ``min_clients`` met, and not met).
 """
 
 from __future__ import annotations
@@ -324,7 +325,6 @@ def test_superlink_refuses_unregistered_supernodes(tmp_path: Path) -> None:
         dep.start_superlink(ProcessSet(tmp_path / "logs2"), tls=None, node_auth=True)
 
 
-@pytest.mark.slow
 def test_stop_kills_helpers_that_outlive_their_parent(tmp_path: Path) -> None:
     script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"  # noqa: E501
     with ProcessSet(tmp_path / "logs") as procs:
@@ -414,9 +414,12 @@ def test_federate_deployment_over_tls(tiny_data: Path, mini_detector: str, tmp_p
     assert processes_of(run_dir / "flwr") == []
 
 
-def _kill_node_mid_round(run_dir: Path, partition: int, server_round: int, timeout_s: float = 900) -> None:
-    """When node ``partition`` has started its ClientApp for ``server_round``, SIGKILL the SuperNode,
-    its warm launcher and the ClientApp (a car that loses power mid-round)."""
+def _kill_node_mid_round(
+    run_dir: Path, partition: int, server_round: int, graceful: bool = False, timeout_s: float = 900
+) -> None:
+    """When node ``partition`` has started its ClientApp for ``server_round``, kill the SuperNode, its
+    warm launcher and the ClientApp: SIGKILL (a car that loses power mid-round), or with ``graceful``
+    SIGTERM to the SuperNode (a car switched off: it deactivates itself) and SIGKILL to the rest."""
     log = run_dir / "logs" / f"clientapp-{partition}.log"
     deadline = time.monotonic() + timeout_s
     while not (log.is_file() and log.read_text(errors="replace").count("forked ClientApp") >= server_round):
@@ -437,7 +440,10 @@ def _kill_node_mid_round(run_dir: Path, partition: int, server_round: int, timeo
             victims += [proc, *proc.children(recursive=True)]
     for proc in victims:
         with contextlib.suppress(psutil.Error):
-            proc.kill()
+            if graceful and proc.pid == node[0].pid:
+                proc.terminate()
+            else:
+                proc.kill()
 
 
 def _run_in_thread(**kwargs) -> tuple[threading.Thread, dict]:
@@ -484,15 +490,15 @@ def test_killed_client_round_completes_with_the_others(
 def test_killed_client_below_min_clients_stops_with_checkpoint_intact(
     three_client_data: Path, mini_detector: str, tmp_path: Path
 ) -> None:
-    """3 clients, min_clients 3: a SuperNode killed in round 2 stops the run with a clear error; the
-    round-1 checkpoint stays loadable."""
+    """3 clients, min_clients 3: a SuperNode stopped (SIGTERM; its ClientApp SIGKILLed) in round 2
+    stops the run with a clear error; the round-1 checkpoint stays loadable."""
     from federated import run_dir as rd
     from federated.config import FederatedConfig
 
     run_dir = tmp_path / "run"
     config = FederatedConfig().with_overrides([*TINY, mini_detector, "min_clients=3"])
     thread, outcome = _run_in_thread(config=config, data_dir=three_client_data, out_dir=run_dir, echo=False)
-    _kill_node_mid_round(run_dir, partition=1, server_round=2)
+    _kill_node_mid_round(run_dir, partition=1, server_round=2, graceful=True)
     thread.join(timeout=900)
     assert not thread.is_alive(), "the run did not stop after a client died"
     error = outcome.get("error")
