@@ -12,7 +12,8 @@ partitions, so a seed fixes the evaluation images). Then:
 
 Both are evaluated on the held-out split with ultralytics' validator. The ratio
 ``federated mAP50-95 / central mAP50-95`` is compared with the targets (>= 0.95 IID, >= 0.90
-non-IID). Sizes are flags; the defaults finish in roughly 10-15 minutes on 2 idle CPU cores.
+non-IID). Sizes are flags; the defaults (400 scenes, 8 rounds, AdamW lr0 0.002, nbs 16) take about
+15-20 minutes on 2 idle CPU cores; smaller runs mostly stay at mAP 0 (nothing learned yet).
 
     .venv/bin/python benchmarks/fl_vs_central.py --out runs/bench-fl-vs-central
 """
@@ -38,14 +39,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (sizes, splits, strategies)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-fl-vs-central"), help="work folder")
-    parser.add_argument("--images", type=int, default=300, help="synthetic scenes in total (eval included)")
+    parser.add_argument("--images", type=int, default=400, help="synthetic scenes in total (eval included)")
     parser.add_argument("--scene-size", type=int, default=160, help="pixel size of the generated scenes")
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=6, help="federated rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="federated rounds")
     parser.add_argument("--local-epochs", type=int, default=1, help="epochs per client per round")
     parser.add_argument("--imgsz", type=int, default=160, help="train/eval image size")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--model", default="yolov9t.yaml")
+    # Learning settings of benchmarks/synthetic_learnability.py: with ultralytics' nbs=64 and SGD a
+    # client with ~100 images makes about one optimizer step per round and nothing is learned.
+    parser.add_argument("--optimizer", default="AdamW")
+    parser.add_argument("--lr0", type=float, default=0.002)
+    parser.add_argument("--nbs", type=int, default=16, help="ultralytics' nominal batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=("simulation", "deployment"), default="simulation")
     parser.add_argument(
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             f"local_epochs={args.local_epochs}",
             f"imgsz={args.imgsz}",
             f"batch={args.batch}",
+            f"optimizer={args.optimizer}",
+            f"lr0={args.lr0}",
+            f"nbs={args.nbs}",
             f"seed={args.seed}",
             f"min_clients={args.clients}",
             *args.set,

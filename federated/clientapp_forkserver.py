@@ -12,9 +12,9 @@ polls the SuperNode's Runtime API like Flower's SuperExec does and, for each Cli
 ``fork()``s a child that runs Flower's own ``run_clientapp`` for that one message. The child starts
 with torch and ultralytics already imported (copy-on-write pages), loads the app from the installed
 FAB like ``flwr-clientapp`` would, and exits the same way. Semantics stay those of Flower's
-``subprocess`` isolation (a fresh app per message); only the import cost goes. The parent never runs
-torch code (so no OpenMP pool or CUDA context exists before a fork); if CUDA got initialised anyway,
-it falls back to Flower's subprocess launches.
+``subprocess`` isolation (a fresh app per message); only the import cost goes. The parent only imports
+(it never trains or evaluates, so no OpenMP thread pool or CUDA context exists before a fork); if
+CUDA got initialised anyway, it falls back to Flower's subprocess launches.
 
 Run it as ``python -m federated.clientapp_forkserver --runtime-api-address HOST:PORT [--insecure |
 --root-certificates CA] --parent-pid SUPERNODE_PID`` next to ``flower-supernode --isolation process``.

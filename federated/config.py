@@ -178,6 +178,15 @@ class FederatedConfig:
             minimum=0.0,
         ),
     )
+    rollback_threshold: float = field(
+        default=0.0,
+        metadata=_meta(
+            "roll a round back to the best checkpoint when its global mAP50-95 is more than this fraction "
+            "below the best so far (0.1 = 10%); 0 = off",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+    )
     round_timeout: float = field(
         default=3600.0,
         metadata=_meta("seconds to wait for clients per round", minimum=0.0, exclusive_min=True),

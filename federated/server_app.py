@@ -173,6 +173,24 @@ def _finish_round(
     yolo_task.set_weights(template, arrays.to_numpy_ndarrays())
     weights = yolo_task.get_weights(template)
     evaluation = yolo_task.evaluate(weights, eval_yaml, config)
+    kept, kept_metrics, rollback = weights, {"map50": evaluation.map50, "map50_95": evaluation.map50_95}, {}
+    target = rollback_target(rd.read_metrics(run_dir), config.rollback_threshold, evaluation.map50_95)
+    if target is not None:  # the round collapsed: keep the best checkpoint's weights instead
+        best = rd.load_checkpoint(run_dir, target[0])
+        kept = best.weight_list()
+        kept_metrics = {key: best.metadata.get(key) for key in ("map50", "map50_95")}
+        strategy.restore = ArrayRecord(kept)
+        rollback = {"rolled_back_to": target[0], "best_map50_95": target[1]}
+        LOG.warning(
+            "round %d: global mAP50-95 %.4f is more than %.0f%% below the best %.4f (round %d): "
+            "rolled back to round %d",
+            record.server_round,
+            evaluation.map50_95,
+            100 * config.rollback_threshold,
+            target[1],
+            target[0],
+            target[0],
+        )
     clients = [client.as_dict() for client in record.clients]
     ok = [c for c in clients if c["status"] == "ok" and c.get("examples")]
     examples = sum(c["examples"] for c in ok)
@@ -190,15 +208,16 @@ def _finish_round(
         "bytes_received": record.bytes_received,
         "strategy": config.strategy,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        **rollback,
     }
     rd.save_checkpoint(
         run_dir,
         record.server_round,
-        yolo_task.named_weights(keys, weights),
+        yolo_task.named_weights(keys, kept),
         strategy.state_arrays(),
         {
-            "map50": evaluation.map50,
-            "map50_95": evaluation.map50_95,
+            **kept_metrics,
+            **rollback,
             "model": config.model,
             "config": config.to_flat(),
         },
@@ -207,3 +226,20 @@ def _finish_round(
     rd.append_metrics(run_dir, row)
     plot_rounds(rd.read_metrics(run_dir), run_dir / rd.PLOT_FILE)
     return row
+
+
+def rollback_target(
+    rows: list[dict[str, Any]], threshold: float, map50_95: float
+) -> tuple[int, float] | None:
+    """The best earlier round ``(round, mAP50-95)`` if ``map50_95`` is more than ``threshold`` below it.
+
+    ``threshold`` is a fraction (0.1: a round more than 10% below the best so far is rolled back);
+    0 turns rollback off. Rounds that scored nothing yet (mAP50-95 0) never trigger a rollback.
+    """
+    if threshold <= 0 or not rows:
+        return None
+    best = max(rows, key=lambda row: float(row.get("map50_95") or 0.0))
+    best_value = float(best.get("map50_95") or 0.0)
+    if best_value > 0 and map50_95 < best_value * (1.0 - threshold) - 1e-9:  # at the threshold: kept
+        return int(best["round"]), best_value
+    return None

@@ -194,6 +194,8 @@ class GuardedStrategy(Strategy):
         self.round_offset = round_offset
         self.current: RoundRecord | None = None
         self._reference: list[np.ndarray] = []
+        #: Weights the next round starts from instead of the last aggregate (a rolled-back round).
+        self.restore: ArrayRecord | None = None
 
     # -- training
     def configure_train(
@@ -201,6 +203,10 @@ class GuardedStrategy(Strategy):
     ) -> Iterable[Message]:
         """Remember the global weights, let the inner strategy sample and count bytes sent."""
         true_round = server_round + self.round_offset
+        if self.restore is not None:  # the previous round was rolled back (see server_app)
+            arrays, self.restore = self.restore, None
+            if isinstance(getattr(self.inner, "current_arrays", None), ArrayRecord):
+                self.inner.current_arrays = arrays  # FedAvgM keeps its own copy of the global weights
         self.current = RoundRecord(server_round=true_round)
         self._reference = arrays.to_numpy_ndarrays()
         messages = list(self.inner.configure_train(true_round, arrays, config, grid))

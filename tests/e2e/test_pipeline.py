@@ -209,7 +209,7 @@ def test_cloned_federate_task_runs_the_edited_number_of_rounds(pipeline_run: dic
 
     source = pipeline_run["federated"]["server_task_id"]
     clone = Task.clone(source_task=source, name="federate (edited: 2 rounds)")
-    clone.set_parameters({"federated/rounds": 2})
+    clone.set_parameter("federated/rounds", 2)  # set_parameters would replace every parameter
     Task.enqueue(clone, queue_name=pipeline_queues["server_queue"])
     wait_for_task(clone.id, timeout_s=600)
     out = read_output(clone.id)

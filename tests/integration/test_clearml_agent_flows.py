@@ -89,7 +89,7 @@ def test_clone_edit_enqueue_run_stop_and_workers(
     assert _last_value(clearml_server, clone_id) == 42.0
 
     # a long-running clone, stopped from the SDK while the agent runs it
-    long_id = _clone_and_enqueue(clearml_server, tmp_path, base_id, {"General/sleep": 300}, "contract-e")
+    long_id = _clone_and_enqueue(clearml_server, tmp_path, base_id, {"General/sleep": 120}, "contract-e")
     wait_for(lambda: _status(clearml_server, long_id) == "in_progress", 120, f"long start\n{agent.log()}")
     # the task's own process runs once it reported its first scalar
     wait_for(lambda: _last_value(clearml_server, long_id) is not None, 120, f"long run\n{agent.log()}")

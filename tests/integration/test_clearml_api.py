@@ -394,3 +394,42 @@ def test_concurrent_read_modify_writes_lose_nothing(clearml_server: ClearMLServe
     doc = api_call(clearml_server, "tasks.get_by_id", {"task": task})["data"]["task"]
     assert len(doc["execution"]["artifacts"]) == 8 * 15
     assert len(doc["hyperparams"]["S"]) == 8 * 15
+
+
+def test_nested_and_hidden_projects_and_subproject_queries(clearml_server: ClearMLServer) -> None:
+    """Projects nest by path; hidden ones need search_hidden; include_subprojects widens task queries."""
+    child = api_call(clearml_server, "projects.create", {"name": "nest/.datasets/ds"})["data"]["id"]
+    api_call(clearml_server, "projects.update", {"project": child, "system_tags": ["hidden"]})
+
+    def names(body: dict) -> list[str]:
+        projects = api_call(clearml_server, "projects.get_all", body)["data"]["projects"]
+        return sorted(p["name"] for p in projects)
+
+    assert names({"name": "^nest"}) == ["nest", "nest/.datasets"]  # parents were created
+    assert names({"name": "^nest", "search_hidden": True}) == ["nest", "nest/.datasets", "nest/.datasets/ds"]
+    assert names({"name": "^nest", "shallow_search": True}) == ["nest"]
+    top = api_call(clearml_server, "projects.get_all", {"name": "^nest$"})["data"]["projects"][0]["id"]
+    task = api_call(
+        clearml_server, "tasks.create", {"name": "in-child", "type": "training", "project": child}
+    )
+    task_id = task["data"]["id"]
+
+    def found(body: dict) -> list[str]:
+        return [t["id"] for t in api_call(clearml_server, "tasks.get_all", body)["data"]["tasks"]]
+
+    assert found({"project": [top]}) == []
+    assert found({"project": [top], "include_subprojects": True}) == [task_id]
+
+
+def test_workers_expire_after_their_timeout(clearml_server: ClearMLServer) -> None:
+    """A worker that stops reporting leaves workers.get_all after its timeout."""
+    import time
+
+    api_call(clearml_server, "workers.register", {"worker": "short:lived", "timeout": 1})
+
+    def ids() -> list[str]:
+        return [w["id"] for w in api_call(clearml_server, "workers.get_all")["data"]["workers"]]
+
+    assert "short:lived" in ids()
+    time.sleep(1.5)
+    assert "short:lived" not in ids()
