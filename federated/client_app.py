@@ -6,8 +6,9 @@ Where a client's data is (first match wins):
 2. node config ``data-dir``: ``<data-dir>/client_<partition-id>/data.yaml``;
 3. the ``data-dir`` the server sends in its train config (simulation: all clients share one disk).
 
-Everything else (model, epochs, image size, learning rate...) comes from the server in each train
-message's ConfigRecord: the flat :class:`~federated.config.FederatedConfig` plus Flower's
+Weights travel packed into one vector (``federated.transport``: exact, and far fewer objects for
+Flower to move). Everything else (model, epochs, image size, learning rate...) comes from the server
+in each train message's ConfigRecord: the flat :class:`~federated.config.FederatedConfig` plus Flower's
 ``server-round`` and, for FedProx, ``proximal-mu``.
 """
 
@@ -26,6 +27,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from federated import yolo_task  # noqa: E402
 from federated.config import FederatedConfig  # noqa: E402
 from federated.strategies import METRIC_EXAMPLES, METRIC_LOSS, METRIC_PARTITION, METRIC_SECONDS  # noqa: E402
+from federated.transport import pack, unpack  # noqa: E402
 
 app = ClientApp()
 
@@ -58,6 +60,14 @@ def _run_config(settings: dict[str, Any], source: str) -> FederatedConfig:
     return FederatedConfig.from_flat({k: v for k, v in settings.items() if k in names}, source=source)
 
 
+def _global_weights(message: Message, config: FederatedConfig, data_yaml: Path) -> list:
+    """The global weights in ``message``, unpacked from the wire vector (``federated.transport``)."""
+    arrays = next(iter(message.content.array_records.values()))
+    names = yolo_task.read_dataset(data_yaml).names
+    like = yolo_task.get_weights(yolo_task.build_model(config.model, names, seed=config.seed))
+    return unpack(arrays.to_numpy_ndarrays(), like)
+
+
 def _partition_id(context: Context) -> int:
     value = context.node_config.get("partition-id")
     return int(value) if value is not None else int(context.node_id) % (2**31 - 1)
@@ -71,9 +81,8 @@ def train(message: Message, context: Context) -> Message:
     data_yaml = resolve_data_yaml(dict(context.node_config), settings)
     server_round = int(settings.get("server-round", 0))
     partition_id = _partition_id(context)
-    arrays = next(iter(message.content.array_records.values()))
     result = yolo_task.train_local(
-        arrays.to_numpy_ndarrays(),
+        _global_weights(message, config, data_yaml),
         data_yaml,
         config,
         seed=yolo_task.round_seed(config.seed, server_round, partition_id),
@@ -87,7 +96,7 @@ def train(message: Message, context: Context) -> Message:
             METRIC_PARTITION: partition_id,
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(result.weights), "metrics": metrics})
+    content = RecordDict({"arrays": ArrayRecord(pack(result.weights)), "metrics": metrics})
     return Message(content=content, reply_to=message)
 
 
@@ -97,8 +106,7 @@ def evaluate(message: Message, context: Context) -> Message:
     settings = dict(_config_record(message))
     config = _run_config(settings, "evaluate message")
     data_yaml = resolve_data_yaml(dict(context.node_config), settings)
-    arrays = next(iter(message.content.array_records.values()))
-    result = yolo_task.evaluate(arrays.to_numpy_ndarrays(), data_yaml, config)
+    result = yolo_task.evaluate(_global_weights(message, config, data_yaml), data_yaml, config)
     examples = yolo_task.count_images(data_yaml, split="val")
     metrics = MetricRecord({"map50": result.map50, "map50_95": result.map50_95, METRIC_EXAMPLES: examples})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=message)

@@ -33,6 +33,7 @@ from federated import yolo_task  # noqa: E402
 from federated.config import FederatedConfig  # noqa: E402
 from federated.report import plot_rounds  # noqa: E402
 from federated.strategies import GuardedStrategy, RoundFailedError, build_strategy  # noqa: E402
+from federated.transport import pack, unpack  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ def serve(grid: Grid, settings: ServerSettings) -> list[dict[str, Any]]:
     keys = yolo_task.state_keys(template)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    strategy = GuardedStrategy(build_strategy(config), config.min_clients, config.max_update_norm)
+    templates = yolo_task.get_weights(template)
+    strategy = GuardedStrategy(
+        build_strategy(config), config.min_clients, config.max_update_norm, templates=templates
+    )
     if settings.resume_round >= 0:
         checkpoint = rd.load_checkpoint(run_dir, settings.resume_round or None)
         if list(checkpoint.weights) != keys:
@@ -135,7 +139,7 @@ def serve(grid: Grid, settings: ServerSettings) -> list[dict[str, Any]]:
         try:
             strategy.start(
                 grid=grid,
-                initial_arrays=ArrayRecord(weights),
+                initial_arrays=ArrayRecord(pack(weights)),
                 num_rounds=remaining,
                 timeout=config.round_timeout,
                 train_config=train_config,
@@ -170,7 +174,7 @@ def _finish_round(
     if record is None:
         raise RuntimeError("a round finished without being configured")
     # Canonical dtypes (averaging turns num_batches_tracked into float64).
-    yolo_task.set_weights(template, arrays.to_numpy_ndarrays())
+    yolo_task.set_weights(template, unpack(arrays.to_numpy_ndarrays(), strategy.templates))
     weights = yolo_task.get_weights(template)
     evaluation = yolo_task.evaluate(weights, eval_yaml, config)
     kept, kept_metrics, rollback = weights, {"map50": evaluation.map50, "map50_95": evaluation.map50_95}, {}
@@ -179,7 +183,7 @@ def _finish_round(
         best = rd.load_checkpoint(run_dir, target[0])
         kept = best.weight_list()
         kept_metrics = {key: best.metadata.get(key) for key in ("map50", "map50_95")}
-        strategy.restore = ArrayRecord(kept)
+        strategy.restore = ArrayRecord(pack(kept))
         rollback = {"rolled_back_to": target[0], "best_map50_95": target[1]}
         LOG.warning(
             "round %d: global mAP50-95 %.4f is more than %.0f%% below the best %.4f (round %d): "

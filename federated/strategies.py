@@ -44,6 +44,7 @@ from flwr.serverapp.strategy import (
 )
 
 from federated.config import FederatedConfig
+from federated.transport import PackError, unpack
 
 LOG = logging.getLogger(__name__)
 
@@ -183,12 +184,21 @@ class GuardedStrategy(Strategy):
         min_clients: usable replies a round needs.
         max_update_norm: bound on an update's L2 norm (``0``: no bound).
         round_offset: rounds already done (a resumed run passes the round it resumes from).
+        templates: the model's arrays when weights travel packed into one vector
+            (``federated.transport``): updates are unpacked before they are checked, so the norm
+            and the dtype checks see the model's own arrays. ``None``: arrays travel as they are.
     """
 
     def __init__(
-        self, inner: Strategy, min_clients: int, max_update_norm: float = 0.0, round_offset: int = 0
+        self,
+        inner: Strategy,
+        min_clients: int,
+        max_update_norm: float = 0.0,
+        round_offset: int = 0,
+        templates: list[np.ndarray] | None = None,
     ):
         self.inner = inner
+        self.templates = templates
         self.min_clients = min_clients
         self.max_update_norm = max_update_norm
         self.round_offset = round_offset
@@ -208,7 +218,7 @@ class GuardedStrategy(Strategy):
             if isinstance(getattr(self.inner, "current_arrays", None), ArrayRecord):
                 self.inner.current_arrays = arrays  # FedAvgM keeps its own copy of the global weights
         self.current = RoundRecord(server_round=true_round)
-        self._reference = arrays.to_numpy_ndarrays()
+        self._reference = self._model_arrays(arrays)
         messages = list(self.inner.configure_train(true_round, arrays, config, grid))
         self.current.bytes_sent = sum(
             payload_bytes(record) for message in messages for record in message.content.array_records.values()
@@ -231,11 +241,16 @@ class GuardedStrategy(Strategy):
                 continue
             client = self._client_from_reply(node_id, message)
             record.bytes_received += sum(payload_bytes(r) for r in message.content.array_records.values())
-            arrays = [r.to_numpy_ndarrays() for r in message.content.array_records.values()]
-            if len(arrays) != 1:
-                norm, reason = math.nan, f"{len(arrays)} ArrayRecords in the reply, expected 1"
+            records = list(message.content.array_records.values())
+            if len(records) != 1:
+                norm, reason = math.nan, f"{len(records)} ArrayRecords in the reply, expected 1"
             else:
-                norm, reason = check_update(arrays[0], self._reference, self.max_update_norm)
+                try:
+                    update = self._model_arrays(records[0])
+                except PackError as exc:
+                    norm, reason = math.nan, str(exc)
+                else:
+                    norm, reason = check_update(update, self._reference, self.max_update_norm)
             client.update_norm = None if math.isnan(norm) else norm
             if reason is not None:
                 LOG.warning(
@@ -260,6 +275,11 @@ class GuardedStrategy(Strategy):
             )
         accepted.sort(key=lambda item: (item[0], item[1]))
         return self.inner.aggregate_train(true_round, [message for _, _, message in accepted])
+
+    def _model_arrays(self, record: ArrayRecord) -> list[np.ndarray]:
+        """The model's arrays in ``record`` (unpacked when weights travel as one vector)."""
+        arrays = record.to_numpy_ndarrays()
+        return unpack(arrays, self.templates) if self.templates is not None else arrays
 
     @staticmethod
     def _client_from_reply(node_id: int, message: Message) -> ClientRound:

@@ -51,7 +51,10 @@ def unpack(packed: Sequence[np.ndarray], like: Sequence[np.ndarray]) -> list[np.
     offset = 0
     for template, size in zip(like, sizes, strict=True):
         template = np.asarray(template)
-        out.append(vector[offset : offset + size].astype(template.dtype).reshape(template.shape))
+        values = vector[offset : offset + size]
+        if np.issubdtype(template.dtype, np.integer):  # an average of counters: round, don't truncate
+            values = np.rint(values)
+        out.append(values.astype(template.dtype).reshape(template.shape))
         offset += size
     return out
 

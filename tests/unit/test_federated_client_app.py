@@ -16,6 +16,7 @@ def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
     from federated import yolo_task
     from federated.client_app import app
     from federated.strategies import METRIC_EXAMPLES, METRIC_LOSS, METRIC_PARTITION, METRIC_SECONDS
+    from federated.transport import pack, unpack
 
     names = yolo_task.read_dataset(fl_data_dir / "eval" / "data.yaml").names
     weights = yolo_task.get_weights(yolo_task.build_model(fl_config.model, names, seed=0))
@@ -31,7 +32,7 @@ def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
     )
 
     def message(kind: str) -> Message:
-        content = RecordDict({"arrays": ArrayRecord(weights), "config": config})
+        content = RecordDict({"arrays": ArrayRecord(pack(weights)), "config": config})
         return Message(content, dst_node_id=42, message_type=kind)
 
     reply = app(message(MessageType.TRAIN), context)
@@ -39,8 +40,10 @@ def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
     assert metrics[METRIC_PARTITION] == 1
     assert metrics[METRIC_EXAMPLES] == yolo_task.count_images(fl_data_dir / "client_1" / "data.yaml", "train")
     assert np.isfinite(metrics[METRIC_LOSS]) and metrics[METRIC_SECONDS] > 0
-    trained = next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
-    assert [a.shape for a in trained] == [w.shape for w in weights]
+    wire = next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
+    assert len(wire) == 1, "weights travel packed into one vector"
+    trained = unpack(wire, weights)
+    assert [(a.shape, a.dtype) for a in trained] == [(w.shape, w.dtype) for w in weights]
     data_yaml = fl_data_dir / "client_1" / "data.yaml"
     expected = yolo_task.train_local(
         weights, data_yaml, fl_config, seed=yolo_task.round_seed(0, 3, 1), proximal_mu=0.5
