@@ -64,7 +64,10 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             img.load()
             return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    # ImportError: once ultralytics is imported it monkey-patches ``PIL.Image.open`` so that an
+    # unidentified image triggers an install of ``pi-heif`` and a retry (ultralytics 8.4
+    # utils/patches.py); offline that ends in ModuleNotFoundError instead of UnidentifiedImageError.
+    except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as exc:
         raise ValueError(f"unreadable or corrupt image ({exc})") from exc
 
 
