@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+LOG = logging.getLogger(__name__)
 
 #: How long ``start --detach`` and ``stop`` wait for the server.
 WAIT_S = 15.0
@@ -130,19 +133,37 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop the server on ``--data`` (SIGTERM, then wait)."""
     data_dir = _data_dir(args)
+    pid = stop_server(data_dir)
+    print(f"stopped server pid {pid}" if pid else f"no server running on {data_dir}")
+    return 0
+
+
+def stop_server(data_dir: Path, wait_s: float = WAIT_S, kill_after_s: float | None = None) -> int | None:
+    """Stop the server running on ``data_dir``; return its pid (``None`` if none was running).
+
+    SIGTERM first; if it is still alive after ``wait_s`` it is killed (SIGKILL) when
+    ``kill_after_s`` allows ``kill_after_s`` more seconds of grace, else a ``ValueError`` is raised.
+    """
     state = running_state(data_dir)
     if state is None:
-        print(f"no server running on {data_dir}")
-        return 0
+        return None
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + WAIT_S
+    if _wait_exit(pid, wait_s):
+        return pid
+    if kill_after_s is None:
+        raise ValueError(f"server pid {pid} did not stop within {wait_s:.0f} s")
+    if not _wait_exit(pid, kill_after_s):
+        LOG.warning("server pid %d ignored SIGTERM; killing it", pid)
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _wait_exit(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
-        raise ValueError(f"server pid {pid} did not stop within {WAIT_S:.0f} s")
-    print(f"stopped server pid {pid}")
-    return 0
+    return not _alive(pid)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

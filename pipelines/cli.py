@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "federated.cli",
     "clearml_local.cli",
     "queues.cli",
+    "components.cli",
     "pipelines.commands",
     "autoscaler.cli",
 )

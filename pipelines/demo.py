@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -230,16 +228,6 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -248,7 +236,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _stop(agents: list[Any], data_dir: Path, out: Path) -> None:
     """Stop the agents and the server this demo started."""
-    from clearml_local.cli import cmd_stop, running_state
+    from clearml_local.cli import stop_server
 
     try:
         from queues.agents import stop_agents
@@ -256,14 +244,4 @@ def _stop(agents: list[Any], data_dir: Path, out: Path) -> None:
         stop_agents(worker_ids=[a.worker_id for a in agents], state_dir=out / "agents")
     except Exception as exc:  # keep going: the server must stop too
         LOG.warning("demo: stopping the agents failed: %s", exc)
-    state = running_state(data_dir)
-    try:
-        cmd_stop(argparse.Namespace(data=data_dir))
-    except ValueError:  # a busy machine: give it longer, then end the process this demo started
-        pid = int((state or {}).get("pid", 0))
-        deadline = time.monotonic() + 45.0
-        while pid and _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if pid and _alive(pid):
-            LOG.warning("demo: the server (pid %d) ignored SIGTERM; killing it", pid)
-            os.kill(pid, signal.SIGKILL)
+    stop_server(data_dir, kill_after_s=45.0)  # a busy machine gets longer before the SIGKILL

@@ -11,8 +11,10 @@ from clearml_local.api import (
     SUBCODE_INVALID_TASK_ID,
     ApiError,
     not_found,
+    opt_bool,
+    validation_error,
 )
-from clearml_local.store import Store, Transaction
+from clearml_local.store import Store, Transaction, utc_now
 
 _SUBCODES = {
     "tasks": ("task", SUBCODE_INVALID_TASK_ID),
@@ -56,3 +58,25 @@ def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
 def conflict(message: str, subcode: int) -> ApiError:
     """A 400 error with a domain-specific subcode."""
     return ApiError(400, subcode, message)
+
+
+def upsert_metadata(store: Store, collection: str, doc_id: str, body: dict[str, Any], touch: bool) -> dict:
+    """``<collection>.add_or_update_metadata``: upsert ``[{key, type, value}]`` items by key.
+
+    ``replace_metadata`` drops the existing items first; ``touch`` also sets ``last_update``.
+    """
+    items = body.get("metadata")
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("key"), str) for i in items
+    ):
+        raise validation_error("field 'metadata' must be an array of objects with a string 'key'")
+    with store.transaction() as tx:
+        doc = load_for_update(tx, collection, doc_id)
+        metadata = {} if opt_bool(body, "replace_metadata") else doc.get("metadata") or {}
+        for item in items:
+            metadata[item["key"]] = item
+        doc["metadata"] = metadata
+        if touch:
+            doc["last_update"] = utc_now()
+        tx.put(collection, doc)
+    return {"updated": 1}

@@ -17,7 +17,14 @@ from clearml_local.api import (
     validation_error,
 )
 from clearml_local.query import candidates, run_query
-from clearml_local.services.common import ARCHIVED_TAG, changed_fields, load, load_for_update, not_hidden
+from clearml_local.services.common import (
+    ARCHIVED_TAG,
+    changed_fields,
+    load,
+    load_for_update,
+    not_hidden,
+    upsert_metadata,
+)
 from clearml_local.services.projects import subproject_ids
 from clearml_local.store import new_id, utc_now
 
@@ -274,20 +281,7 @@ def get_frameworks(ctx: RequestContext, body: dict) -> dict:
 @endpoint("models.add_or_update_metadata")
 def add_or_update_metadata(ctx: RequestContext, body: dict) -> dict:
     """Upsert metadata items (``[{key, type, value}]``)."""
-    model_id = require_str(body, "model")
-    items = body.get("metadata")
-    if not isinstance(items, list) or not all(
-        isinstance(i, dict) and isinstance(i.get("key"), str) for i in items
-    ):
-        raise validation_error("field 'metadata' must be an array of objects with a string 'key'")
-    with ctx.store.transaction() as tx:
-        model = load_for_update(tx, "models", model_id)
-        metadata = {} if opt_bool(body, "replace_metadata") else model.get("metadata") or {}
-        for item in items:
-            metadata[item["key"]] = item
-        model["metadata"], model["last_update"] = metadata, utc_now()
-        tx.put("models", model)
-    return {"updated": 1}
+    return upsert_metadata(ctx.store, "models", require_str(body, "model"), body, touch=True)
 
 
 @endpoint("models.delete_metadata")

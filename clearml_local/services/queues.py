@@ -20,7 +20,7 @@ from clearml_local.api import (
     validation_error,
 )
 from clearml_local.query import run_query
-from clearml_local.services.common import conflict, load, load_for_update, not_hidden
+from clearml_local.services.common import conflict, load, load_for_update, not_hidden, upsert_metadata
 from clearml_local.store import Store, Transaction, new_id, utc_now
 
 DEFAULT_QUEUE_NAME = "default"
@@ -287,20 +287,7 @@ for _where in ("front", "back"):
 @endpoint("queues.add_or_update_metadata")
 def add_or_update_metadata(ctx: RequestContext, body: dict) -> dict:
     """Upsert metadata items (``[{key, type, value}]``)."""
-    queue_id = require_str(body, "queue")
-    items = body.get("metadata")
-    if not isinstance(items, list) or not all(
-        isinstance(i, dict) and isinstance(i.get("key"), str) for i in items
-    ):
-        raise validation_error("field 'metadata' must be an array of objects with a string 'key'")
-    with ctx.store.transaction() as tx:
-        queue = load_for_update(tx, "queues", queue_id)
-        metadata = {} if opt_bool(body, "replace_metadata") else queue.get("metadata") or {}
-        for item in items:
-            metadata[item["key"]] = item
-        queue["metadata"] = metadata
-        tx.put("queues", queue)
-    return {"updated": 1}
+    return upsert_metadata(ctx.store, "queues", require_str(body, "queue"), body, touch=False)
 
 
 @endpoint("queues.get_queue_metrics")
