@@ -31,6 +31,12 @@ from pathlib import Path
 
 LOG = logging.getLogger(__name__)
 
+#: Variables by which the ClearML SDK marks a process (and its children) as belonging to a task that
+#: already runs: ``Task.init`` sets them in the calling process. A daemon that inherits them passes them
+#: to every task it runs, whose ``Task.init`` then believes it is a sub-process of that foreign task and
+#: returns a do-nothing stub (clearml 2.1.12, ``Task.init`` / ``__is_subprocess``).
+INHERITED_TASK_VARS = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID", "CLEARML_TASK_ID", "TRAINS_TASK_ID")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _STOP_WAIT_S = 20.0
 
@@ -165,6 +171,8 @@ def start_agents(
             **(extra_env or {}),
         }
         env.pop("VIRTUAL_ENV", None)  # the agent must not think it runs inside the project's venv
+        for key in INHERITED_TASK_VARS:
+            env.pop(key, None)
         argv = [str(binary), "--config-file", str(conf), "daemon", "--queue", queue, "--create-queue"]
         with open(folder / "agent.log", "ab") as log:
             process = subprocess.Popen(

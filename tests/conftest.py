@@ -45,3 +45,18 @@ def kitti_tiny_dir() -> Path:
     if not (path / "training").is_dir():
         pytest.fail(f"KITTI tiny frames not found at {path}: set FLEETFL_KITTI_TINY")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_task_identity_leaks():
+    """A test that calls ``Task.init`` in this process leaves the SDK's task-identity variables in
+    ``os.environ``; later subprocesses (agents, CLI runs) would inherit them and get stub tasks."""
+    from queues.agents import INHERITED_TASK_VARS
+
+    before = {key: os.environ.get(key) for key in INHERITED_TASK_VARS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

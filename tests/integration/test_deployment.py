@@ -180,6 +180,7 @@ def test_pack_is_exact_and_aggregates_like_the_arrays() -> None:
     # Element-wise aggregation (FedAvg's weighted mean) commutes with packing.
     other = [(w * 3).astype(w.dtype) for w in weights]
     mean_of_packed = unpack([(2 * pack(weights)[0] + 1 * pack(other)[0]) / 3], weights)
+
     def mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # averaged counters are rounded back
         value = (2 * a.astype(np.float64) + b) / 3
         return (np.rint(value) if a.dtype.kind in "iu" else value).astype(a.dtype)
@@ -344,9 +345,8 @@ def test_stop_kills_helpers_that_outlive_their_parent(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- FleetFL's app
 TINY = ["rounds=2", "imgsz=64", "batch=4", "local_epochs=1", "workers=0", "device=cpu"]
 
-#: A real ultralytics detector of 81 state_dict arrays. The Deployment Engine moves every array as its
-#: own HTTP object on every hop (docs/deployment.md): with yolov9t's 1339 arrays one tiny round took
-#: minutes on a busy 2-core machine. These runs test the engine, not the model.
+#: A real ultralytics detector of 81 state_dict arrays (0.1 M parameters) for the 3-client failure runs:
+#: they test failure handling, not the model, and three yolov9t clients would triple their CPU time.
 MINI_DETECTOR_YAML = """\
 nc: 10
 scales:
@@ -390,14 +390,14 @@ def three_client_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_federate_deployment_over_tls(tiny_data: Path, mini_detector: str, tmp_path: Path) -> None:
+def test_federate_deployment_over_tls(tiny_data: Path, tmp_path: Path) -> None:
     """``fleetfl federate --engine deployment``: 2 clients x 2 rounds over TLS, all outputs written."""
     from federated import run_dir as rd
     from pipelines.cli import main
 
     run_dir = tmp_path / "run"
     argv = ["federate", "--engine", "deployment", "--data", str(tiny_data), "--out", str(run_dir)]
-    for item in [*TINY, mini_detector]:
+    for item in TINY:  # the default model (yolov9t)
         argv += ["--set", item]
     assert main(argv) == 0
 
@@ -406,7 +406,7 @@ def test_federate_deployment_over_tls(tiny_data: Path, mini_detector: str, tmp_p
     assert all({"map50", "map50_95", "round_seconds"} <= set(row) for row in rows)
     assert all(len(row["clients"]) == 2 and {c["status"] for c in row["clients"]} == {"ok"} for row in rows)
     assert rd.list_checkpoints(run_dir) == [1, 2]
-    assert (run_dir / "final.pt").stat().st_size > 100_000 and (run_dir / "map.png").stat().st_size > 0
+    assert (run_dir / "final.pt").stat().st_size > 1_000_000 and (run_dir / "map.png").stat().st_size > 0
     # TLS: the SuperLink served the local CA's certificate, and flwr trusted exactly that CA.
     state_tls = Path(os.environ["FLEETFL_HOME"]) / "tls"
     config = (run_dir / "flwr" / "config.toml").read_text()
