@@ -483,7 +483,11 @@ def enqueue_pipeline(
         raise PipelineParameterError(f"queue {queue!r} does not exist (create it: fleetfl queues create)")
     with tempfile.TemporaryDirectory(prefix="fleetfl-pipeline-") as folder:
         id_file = Path(folder) / "pipeline_id"
-        env = {**os.environ, _ENV_PARAMS: json.dumps(params), _ENV_QUEUE: queue, _ENV_ID_FILE: str(id_file)}
+        from queues.agents import task_free_environment  # the controller must be a task of its own
+
+        env = task_free_environment(
+            **{_ENV_PARAMS: json.dumps(params), _ENV_QUEUE: queue, _ENV_ID_FILE: str(id_file)}
+        )
         done = subprocess.run(
             [sys.executable, "-m", "pipelines.fleetfl_pipeline"],
             env=env,

@@ -37,6 +37,18 @@ LOG = logging.getLogger(__name__)
 #: returns a do-nothing stub (clearml 2.1.12, ``Task.init`` / ``__is_subprocess``).
 INHERITED_TASK_VARS = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID", "CLEARML_TASK_ID", "TRAINS_TASK_ID")
 
+
+def task_free_environment(**extra: str) -> dict[str, str]:
+    """This process' environment without :data:`INHERITED_TASK_VARS`, plus ``extra``.
+
+    For child processes that create or run ClearML tasks of their own (agents, a pipeline
+    controller started in a subprocess).
+    """
+    env = {key: value for key, value in os.environ.items() if key not in INHERITED_TASK_VARS}
+    env.update(extra)
+    return env
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _STOP_WAIT_S = 20.0
 
@@ -160,7 +172,7 @@ def start_agents(
         conf.write_text(agent_conf_text(folder), encoding="utf-8")
         conf.chmod(0o600)  # holds the access key and secret
         env = {
-            **os.environ,
+            **task_free_environment(),
             "CLEARML_CONFIG_FILE": str(conf),
             "CLEARML_WORKER_ID": worker_id,
             "CLEARML_WORKER_NAME": worker_id,
@@ -171,8 +183,6 @@ def start_agents(
             **(extra_env or {}),
         }
         env.pop("VIRTUAL_ENV", None)  # the agent must not think it runs inside the project's venv
-        for key in INHERITED_TASK_VARS:
-            env.pop(key, None)
         argv = [str(binary), "--config-file", str(conf), "daemon", "--queue", queue, "--create-queue"]
         with open(folder / "agent.log", "ab") as log:
             process = subprocess.Popen(

@@ -5,7 +5,9 @@ Fixtures live in ``tests/fixtures/<topic>.py`` (one owner per file) and are load
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,16 +49,33 @@ def kitti_tiny_dir() -> Path:
     return path
 
 
+_SESSION_ENV = dict(os.environ)
+
+
 @pytest.fixture(autouse=True)
 def _no_task_identity_leaks():
-    """A test that calls ``Task.init`` in this process leaves the SDK's task-identity variables in
-    ``os.environ``; later subprocesses (agents, CLI runs) would inherit them and get stub tasks."""
+    """``Task.init`` in this process (in a test or a module fixture) leaves the SDK's task-identity
+    variables in ``os.environ``; subprocesses started later (agents, CLI runs) would inherit them and
+    get stub tasks. After each test they are reset to what the session started with."""
     from queues.agents import INHERITED_TASK_VARS
 
-    before = {key: os.environ.get(key) for key in INHERITED_TASK_VARS}
     yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
+    for key in INHERITED_TASK_VARS:
+        if key in _SESSION_ENV:
+            os.environ[key] = _SESSION_ENV[key]
         else:
-            os.environ[key] = value
+            os.environ.pop(key, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_closed_log_streams():
+    """Libraries that configure logging inside a test (ClearML's SDK does, lazily) bind their
+    handlers to that test's captured ``sys.stdout``/``sys.stderr``, which pytest closes afterwards;
+    the next log line from a later test would fail with "I/O operation on closed file"."""
+    yield
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                handler.stream = sys.__stderr__  # not setStream(): it flushes the closed one

@@ -65,7 +65,7 @@ def test_parameters_from_the_ui_are_converted() -> None:
 
 
 @pytest.mark.parametrize("action", ["run", "enqueue"])
-def test_cli_refuses_bad_parameters_before_any_task(clearml_server, capsys, action: str) -> None:
+def test_cli_refuses_bad_parameters_before_any_task(clearml_server, capfd, action: str) -> None:
     from clearml import Task
 
     from pipelines.cli import main
@@ -75,7 +75,7 @@ def test_cli_refuses_bad_parameters_before_any_task(clearml_server, capsys, acti
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert "min_clients: 5 is more than the 2 clients" in capsys.readouterr().err
+    assert "min_clients: 5 is more than the 2 clients" in capfd.readouterr().err
     assert Task.get_tasks(project_name=project) == []
     with pytest.raises(SystemExit):
         main(["pipeline", action, "--set", "no_equals_sign"])
