@@ -10,8 +10,10 @@ from clearml_local.api import (
     SUBCODE_INVALID_QUEUE_ID,
     SUBCODE_INVALID_TASK_ID,
     ApiError,
+    endpoint,
     not_found,
     opt_bool,
+    str_list,
     validation_error,
 )
 from clearml_local.store import Store, Transaction, utc_now
@@ -80,3 +82,17 @@ def upsert_metadata(store: Store, collection: str, doc_id: str, body: dict[str, 
             doc["last_update"] = utc_now()
         tx.put(collection, doc)
     return {"updated": 1}
+
+
+def register_archive_many(collection: str, set_archived) -> None:
+    """Register ``<collection>.archive_many`` and ``<collection>.unarchive_many`` around
+    ``set_archived(ctx, ids, archived)`` (each collection archives its own way)."""
+    for archived, action in ((True, "archive"), (False, "unarchive")):
+
+        def handler(ctx, body: dict, archived: bool = archived, action: str = action) -> dict:
+            ids = str_list(body, "ids", required=True)
+            set_archived(ctx, ids, archived)
+            return {"succeeded": [{"id": i, f"{action}d": True} for i in ids], "failed": []}
+
+        handler.__doc__ = f"{action.capitalize()} several {collection}."
+        endpoint(f"{collection}.{action}_many")(handler)

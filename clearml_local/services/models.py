@@ -23,6 +23,7 @@ from clearml_local.services.common import (
     load,
     load_for_update,
     not_hidden,
+    register_archive_many,
     upsert_metadata,
 )
 from clearml_local.services.projects import subproject_ids
@@ -211,20 +212,7 @@ def _set_archived(ctx: RequestContext, ids: list[str], archived: bool) -> None:
             tx.put("models", model)
 
 
-@endpoint("models.archive_many")
-def archive_many(ctx: RequestContext, body: dict) -> dict:
-    """Archive several models."""
-    ids = str_list(body, "ids", required=True)
-    _set_archived(ctx, ids, True)
-    return {"succeeded": [{"id": i, "archived": True} for i in ids], "failed": []}
-
-
-@endpoint("models.unarchive_many")
-def unarchive_many(ctx: RequestContext, body: dict) -> dict:
-    """Unarchive several models."""
-    ids = str_list(body, "ids", required=True)
-    _set_archived(ctx, ids, False)
-    return {"succeeded": [{"id": i, "unarchived": True} for i in ids], "failed": []}
+register_archive_many("models", _set_archived)
 
 
 def _delete(ctx: RequestContext, model_id: str, force: bool) -> str | None:

@@ -34,6 +34,7 @@ from clearml_local.services.common import (
     load,
     load_for_update,
     not_hidden,
+    register_archive_many,
 )
 from clearml_local.services.projects import subproject_ids
 from clearml_local.store import Transaction, new_id, utc_now
@@ -794,20 +795,7 @@ def archive(ctx: RequestContext, body: dict) -> dict:
     return {"archived": _set_archived(ctx, str_list(body, "tasks", required=True), True)}
 
 
-@endpoint("tasks.archive_many")
-def archive_many(ctx: RequestContext, body: dict) -> dict:
-    """Archive several tasks."""
-    ids = str_list(body, "ids", required=True)
-    _set_archived(ctx, ids, True)
-    return {"succeeded": [{"id": i, "archived": True} for i in ids], "failed": []}
-
-
-@endpoint("tasks.unarchive_many")
-def unarchive_many(ctx: RequestContext, body: dict) -> dict:
-    """Remove the ``archived`` system tag from several tasks."""
-    ids = str_list(body, "ids", required=True)
-    _set_archived(ctx, ids, False)
-    return {"succeeded": [{"id": i, "unarchived": True} for i in ids], "failed": []}
+register_archive_many("tasks", _set_archived)
 
 
 # --- clone ----------------------------------------------------------------------------------------
