@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--clientapp-modes", default="warm,subprocess", help="deployment: ClientApp isolations to run"
     )
+    parser.add_argument(
+        "--poll-intervals",
+        default="",
+        help="deployment: also run with these poll_interval values (e.g. 3 = Flower's own), side by side",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="ClientApp start measurements")
     parser.add_argument("--transport", action="store_true", help="also run the weight-transport probe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -115,6 +120,15 @@ def engine_overhead(config: Any, data: Path, out: Path, engine: str, **opts: Any
                 "round_s": round(row["round_seconds"], 2),
                 "slowest_train_s": round(slowest, 2),
                 "overhead": round(row["round_seconds"] / slowest - 1.0, 3) if slowest else None,
+                "eval_s": round(row.get("eval_seconds", 0.0), 2),  # the server's central evaluation
+                # messages out -> last reply in, and the slowest ClientApp's whole train message
+                "wait_s": round(row.get("wait_seconds", 0.0), 2),
+                "slowest_clientapp_s": round(
+                    max(
+                        (c.get("clientapp_seconds") or 0.0) for c in row["clients"] if c.get("status") == "ok"
+                    ),
+                    2,
+                ),
             }
         )
     later = [r["overhead"] for r in rounds[1:] if r["overhead"] is not None]
@@ -267,12 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"clientapp_start": report["clientapp_start"]}), file=sys.stderr, flush=True)
     for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
         if engine == "deployment":
+            intervals = [float(v) for v in args.poll_intervals.split(",") if v.strip()] or [
+                config.poll_interval
+            ]
             for mode in [m.strip() for m in args.clientapp_modes.split(",") if m.strip()]:
-                key = f"deployment-{mode}"
-                report["engines"][key] = engine_overhead(
-                    config, data, out / key, "deployment", clientapp_mode=mode, echo=False
-                )
-                print(json.dumps({key: report["engines"][key]}), file=sys.stderr, flush=True)
+                for interval in intervals:
+                    key = f"deployment-{mode}" + (f"-poll{interval:g}" if len(intervals) > 1 else "")
+                    report["engines"][key] = engine_overhead(
+                        config.replace(poll_interval=interval),
+                        data,
+                        out / key,
+                        "deployment",
+                        clientapp_mode=mode,
+                        echo=False,
+                    )
+                    print(json.dumps({key: report["engines"][key]}), file=sys.stderr, flush=True)
         else:
             report["engines"][engine] = engine_overhead(config, data, out / engine, engine)
             print(json.dumps({engine: report["engines"][engine]}), file=sys.stderr, flush=True)

@@ -49,6 +49,7 @@ from components.common import (
     read_output,
     running_remotely,
 )
+from federated.config import DEFAULT_POLL_INTERVAL
 
 if TYPE_CHECKING:
     from clearml import Task
@@ -92,6 +93,7 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "partition_id": 0,
     "num_partitions": 1,
     "server_wait_s": 300.0,
+    "poll_interval": DEFAULT_POLL_INTERVAL,  # the run's poll_interval, set by the server task
 }
 
 
@@ -397,7 +399,7 @@ def serve_federation(
                 write_flower_config(flwr_home, superlink.address, tls.ca_cert if tls else None)
                 address = f"{advertise}:{superlink.port}"
                 _publish_superlink(task, address, tls.ca_cert if tls else None)
-                _enqueue_clients(task, params, fed.client_task_ids)
+                _enqueue_clients(task, params, fed.client_task_ids, config.poll_interval)
                 cli = FlwrCLI(env, cwd=run_dir)
                 _wait_for_clients(fed, cli, procs, superlink)
                 config_file = _write_toml(run_dir / "run_config.toml", settings)
@@ -480,7 +482,9 @@ def _publish_superlink(task: Task, address: str, ca_cert: Path | None) -> None:
     task.set_user_properties(**properties)
 
 
-def _enqueue_clients(server: Task, params: Mapping[str, Any], ids: list[str]) -> list[str]:
+def _enqueue_clients(
+    server: Task, params: Mapping[str, Any], ids: list[str], poll_interval: float
+) -> list[str]:
     """Create and enqueue one client task per shard, adding each id to ``ids`` as it is created."""
     from clearml import Task
 
@@ -496,6 +500,7 @@ def _enqueue_clients(server: Task, params: Mapping[str, Any], ids: list[str]) ->
                 "dataset_id": dataset_id,
                 "partition_id": index,
                 "num_partitions": len(clients),
+                "poll_interval": poll_interval,
             },
             project=str(params["project"]),
             task_name=f"federate-client-{index}",
@@ -731,6 +736,7 @@ def run_client(task: Task, params: Mapping[str, Any], work_dir: Path | None = No
             node_config,
             name=f"supernode-{params['partition_id']}",
             root_certificates=ca_path,
+            poll_interval=float(params.get("poll_interval", CLIENT_DEFAULTS["poll_interval"])),
         )
         LOG.info("federate client %s: SuperNode connected to %s", params["partition_id"], address)
         while True:

@@ -18,6 +18,7 @@ from federated.runtime import configure_offline
 
 configure_offline()
 
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -26,7 +27,13 @@ from flwr.clientapp import ClientApp  # noqa: E402
 
 from federated import yolo_task  # noqa: E402
 from federated.config import FederatedConfig  # noqa: E402
-from federated.strategies import METRIC_EXAMPLES, METRIC_LOSS, METRIC_PARTITION, METRIC_SECONDS  # noqa: E402
+from federated.strategies import (  # noqa: E402
+    METRIC_EXAMPLES,
+    METRIC_HANDLER_SECONDS,
+    METRIC_LOSS,
+    METRIC_PARTITION,
+    METRIC_SECONDS,
+)
 from federated.transport import pack, unpack  # noqa: E402
 
 app = ClientApp()
@@ -76,6 +83,7 @@ def _partition_id(context: Context) -> int:
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train locally from the global weights and reply with all weights and the true example count."""
+    started = time.perf_counter()
     settings = dict(_config_record(message))
     config = _run_config(settings, "train message")
     data_yaml = resolve_data_yaml(dict(context.node_config), settings)
@@ -86,17 +94,20 @@ def train(message: Message, context: Context) -> Message:
         data_yaml,
         config,
         seed=yolo_task.round_seed(config.seed, server_round, partition_id),
+        server_round=server_round,
         proximal_mu=float(settings.get("proximal-mu", 0.0)),
     )
+    packed = pack(result.weights)
     metrics = MetricRecord(
         {
             METRIC_EXAMPLES: result.num_examples,
             METRIC_LOSS: result.train_loss,
             METRIC_SECONDS: result.seconds,
+            METRIC_HANDLER_SECONDS: time.perf_counter() - started,
             METRIC_PARTITION: partition_id,
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(pack(result.weights)), "metrics": metrics})
+    content = RecordDict({"arrays": ArrayRecord(packed), "metrics": metrics})
     return Message(content=content, reply_to=message)
 
 

@@ -44,6 +44,9 @@ DEFAULT_PRELOAD: tuple[str, ...] = (
     "ultralytics",
     "ultralytics.nn.tasks",
     "ultralytics.models.yolo.detect",
+    # ultralytics' trainer calls torch.use_deterministic_algorithms, whose first call imports
+    # torch._inductor and torch._dynamo (1.3-1.6 s on 2 cores): every forked ClientApp paid it per round.
+    "torch._inductor",
     "flwr.app",
     "flwr.clientapp",
     "flwr.supernode.runtime.run_clientapp",

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import tomli_w
 
+from federated.config import DEFAULT_POLL_INTERVAL, FLOWER_POLL_INTERVAL
 from federated.processes import (
     ManagedProcess,
     ProcessDiedError,
@@ -222,6 +223,7 @@ def start_supernode(
     runtime_port: int | None = None,
     clientapp_mode: str = "warm",
     auth_key: Path | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
     timeout_s: float = 60.0,
 ) -> SuperNodeHandle:
     """Start ``flower-supernode`` connecting to ``superlink_address`` (a client machine's part).
@@ -239,6 +241,8 @@ def start_supernode(
             ``subprocess`` (Flower's default: a new ``flwr-clientapp`` process per message).
         auth_key: this node's private key (``NodeKey.private_key``) when the SuperLink authenticates
             SuperNodes; its public key must be registered first.
+        poll_interval: seconds between the SuperNode's polls for messages (Flower's own: 3 s; a
+            shorter one runs it through :mod:`federated.flower_polling`).
         timeout_s: how long to wait for its Runtime API to listen.
     """
     if clientapp_mode not in CLIENTAPP_MODES:
@@ -246,7 +250,11 @@ def start_supernode(
             f"clientapp_mode: expected one of {', '.join(CLIENTAPP_MODES)}, got {clientapp_mode!r}"
         )
     runtime_port = runtime_port or free_port()
-    argv = ["flower-supernode", "--superlink", superlink_address, "--host", "127.0.0.1"]
+    argv, cwd = ["flower-supernode"], None
+    if poll_interval < FLOWER_POLL_INTERVAL:  # Flower's own SuperNode, with its 3 s polls shortened
+        argv = [sys.executable, "-m", "federated.flower_polling", "--poll-interval", str(poll_interval), "--"]
+        cwd = PROJECT_ROOT
+    argv += ["--superlink", superlink_address, "--host", "127.0.0.1"]
     argv += ["--port", str(runtime_port), "--node-config", format_node_config(node_config)]
     argv += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     if runtime_tls is not None:
@@ -255,7 +263,7 @@ def start_supernode(
         argv += ["--isolation", "process"]
     if auth_key is not None:
         argv += ["--auth-supernode-private-key", str(auth_key)]
-    process = procs.start(name, argv)
+    process = procs.start(name, argv, cwd=cwd)
     try:
         wait_for_port("127.0.0.1", runtime_port, timeout_s, process)
     except (ProcessDiedError, TimeoutError) as exc:
@@ -559,6 +567,7 @@ def run_deployment(
                     runtime_tls=tls,
                     clientapp_mode=clientapp_mode,
                     auth_key=keys[i].private_key if keys else None,
+                    poll_interval=float(run_config.get("poll_interval", DEFAULT_POLL_INTERVAL)),
                 )
                 for i in range(num_clients)
             ]

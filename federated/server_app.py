@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from federated import run_dir as rd  # noqa: E402
 from federated import yolo_task  # noqa: E402
 from federated.config import FederatedConfig  # noqa: E402
+from federated.flower_polling import prompt_grid  # noqa: E402
 from federated.report import plot_rounds  # noqa: E402
 from federated.strategies import GuardedStrategy, RoundFailedError, build_strategy  # noqa: E402
 from federated.transport import pack, unpack  # noqa: E402
@@ -93,6 +94,7 @@ app = build_server_app()
 def serve(grid: Grid, settings: ServerSettings) -> list[dict[str, Any]]:
     """Run (or resume) the federated training described by ``settings``; return the metrics rows."""
     config, run_dir, data_dir = settings.config, settings.run_dir, settings.data_dir
+    grid = prompt_grid(grid, config.poll_interval)
     eval_yaml = data_dir / "eval" / "data.yaml"
     names = yolo_task.read_dataset(eval_yaml).names
     template = yolo_task.build_model(config.model, names, seed=config.seed)
@@ -101,7 +103,11 @@ def serve(grid: Grid, settings: ServerSettings) -> list[dict[str, Any]]:
 
     templates = yolo_task.get_weights(template)
     strategy = GuardedStrategy(
-        build_strategy(config), config.min_clients, config.max_update_norm, templates=templates
+        build_strategy(config),
+        config.min_clients,
+        config.max_update_norm,
+        templates=templates,
+        buffers=yolo_task.buffer_mask(template),
     )
     if settings.resume_round >= 0:
         checkpoint = rd.load_checkpoint(run_dir, settings.resume_round or None)
@@ -208,6 +214,8 @@ def _finish_round(
         "clients": clients,
         "round_seconds": 0.0,
         "eval_seconds": evaluation.seconds,
+        # from sending the round's messages until the last reply was in (training, transfers, polling)
+        "wait_seconds": (record.replies_at or record.started) - record.started,
         "bytes_sent": record.bytes_sent,
         "bytes_received": record.bytes_received,
         "strategy": config.strategy,

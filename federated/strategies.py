@@ -15,7 +15,12 @@ long-running federated job needs around it, without touching the aggregation mat
   so that every round keeps its true number (FedAdam's bias correction uses it);
 * **strategy state**: server-side optimizer state (FedAvgM momentum, FedAdam/FedYogi moments) can
   be exported and restored, so a resumed run continues exactly;
-* **round record**: per client examples, train loss and seconds, and payload bytes sent and received.
+* **round record**: per client examples, train loss and seconds, and payload bytes sent and received;
+* **statistics are averaged, not optimized**: Flower's server optimizers (FedAvgM, FedAdam, FedYogi)
+  step every array of the model, BatchNorm's running mean and variance included: server momentum or
+  a server learning rate above 1 overshoots a running variance (it can turn negative) and ruins
+  BatchNorm. For those strategies the arrays marked as ``buffers`` get the examples-weighted mean of
+  the clients' values (what FedAvg gives them); trainable parameters keep the strategy's result.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from flwr.serverapp.strategy import (
 )
 
 from federated.config import FederatedConfig
-from federated.transport import PackError, unpack
+from federated.transport import PackError, pack, unpack
 
 LOG = logging.getLogger(__name__)
 
@@ -52,7 +57,12 @@ LOG = logging.getLogger(__name__)
 METRIC_EXAMPLES = "num-examples"
 METRIC_LOSS = "train-loss"
 METRIC_SECONDS = "train-seconds"
+METRIC_HANDLER_SECONDS = "clientapp-seconds"  # the whole train message in the ClientApp (set-up included)
 METRIC_PARTITION = "partition-id"
+
+
+#: Flower strategies that apply a server-side optimizer to the averaged update (pseudo-gradient).
+SERVER_OPTIMIZERS: tuple[type[Strategy], ...] = (FedAvgM, FedAdam, FedYogi)
 
 
 class RoundFailedError(RuntimeError):
@@ -157,6 +167,7 @@ class ClientRound:
     examples: int | None = None
     train_loss: float | None = None
     train_seconds: float | None = None
+    clientapp_seconds: float | None = None
     update_norm: float | None = None
     reason: str | None = None
 
@@ -171,6 +182,7 @@ class RoundRecord:
 
     server_round: int
     started: float = field(default_factory=time.perf_counter)
+    replies_at: float | None = None  # when the round's replies were all in (aggregation starts)
     bytes_sent: int = 0
     bytes_received: int = 0
     clients: list[ClientRound] = field(default_factory=list)
@@ -187,6 +199,9 @@ class GuardedStrategy(Strategy):
         templates: the model's arrays when weights travel packed into one vector
             (``federated.transport``): updates are unpacked before they are checked, so the norm
             and the dtype checks see the model's own arrays. ``None``: arrays travel as they are.
+        buffers: per model array, whether it is a statistic rather than a trainable parameter
+            (BatchNorm running mean/variance, ``num_batches_tracked``): with a server optimizer
+            (:data:`SERVER_OPTIMIZERS`) these are averaged instead of stepped. ``None``: none marked.
     """
 
     def __init__(
@@ -196,9 +211,11 @@ class GuardedStrategy(Strategy):
         max_update_norm: float = 0.0,
         round_offset: int = 0,
         templates: list[np.ndarray] | None = None,
+        buffers: list[bool] | None = None,
     ):
         self.inner = inner
         self.templates = templates
+        self.buffers = list(buffers) if buffers is not None and any(buffers) else None
         self.min_clients = min_clients
         self.max_update_norm = max_update_norm
         self.round_offset = round_offset
@@ -231,6 +248,7 @@ class GuardedStrategy(Strategy):
         """Drop failed and rejected replies, check ``min_clients``, aggregate the rest in order."""
         true_round = server_round + self.round_offset
         record = self.current if self.current is not None else RoundRecord(server_round=true_round)
+        record.replies_at = time.perf_counter()
         accepted: list[tuple[int, int, Message]] = []
         for message in replies:
             node_id = int(message.metadata.src_node_id)
@@ -274,7 +292,32 @@ class GuardedStrategy(Strategy):
                 f"min_clients is {self.min_clients}" + (f" [{summary}]" if summary else "")
             )
         accepted.sort(key=lambda item: (item[0], item[1]))
-        return self.inner.aggregate_train(true_round, [message for _, _, message in accepted])
+        ordered = [message for _, _, message in accepted]
+        arrays, metrics = self.inner.aggregate_train(true_round, ordered)
+        if arrays is not None and self.buffers is not None and isinstance(self.inner, SERVER_OPTIMIZERS):
+            arrays = self._average_buffers(arrays, ordered)
+        return arrays, metrics
+
+    def _average_buffers(self, arrays: ArrayRecord, replies: list[Message]) -> ArrayRecord:
+        """``arrays`` with every buffer replaced by the examples-weighted mean of the replies' values."""
+        assert self.buffers is not None
+        model = self._model_arrays(arrays)
+        updates = [self._model_arrays(next(iter(m.content.array_records.values()))) for m in replies]
+        examples = np.array([self._client_from_reply(0, m).examples or 0 for m in replies], dtype=np.float64)
+        shares = examples / examples.sum() if examples.sum() > 0 else np.full(len(replies), 1 / len(replies))
+        for index, is_buffer in enumerate(self.buffers):
+            if not is_buffer:
+                continue
+            mean = sum(
+                share * update[index].astype(np.float64)
+                for share, update in zip(shares, updates, strict=True)
+            )
+            dtype = self._reference[index].dtype  # the model's own dtype (aggregation gives float64)
+            model[index] = np.asarray(mean if dtype.kind == "f" else np.rint(mean)).astype(dtype)
+        result = ArrayRecord(pack(model) if self.templates is not None else model)
+        if isinstance(getattr(self.inner, "current_arrays", None), ArrayRecord):
+            self.inner.current_arrays = result  # FedAvgM steps from its own copy of the global weights
+        return result
 
     def _model_arrays(self, record: ArrayRecord) -> list[np.ndarray]:
         """The model's arrays in ``record`` (unpacked when weights travel as one vector)."""
@@ -294,6 +337,9 @@ class GuardedStrategy(Strategy):
             examples=int(metrics[METRIC_EXAMPLES]) if METRIC_EXAMPLES in metrics else None,
             train_loss=float(metrics[METRIC_LOSS]) if METRIC_LOSS in metrics else None,
             train_seconds=float(metrics[METRIC_SECONDS]) if METRIC_SECONDS in metrics else None,
+            clientapp_seconds=(
+                float(metrics[METRIC_HANDLER_SECONDS]) if METRIC_HANDLER_SECONDS in metrics else None
+            ),
         )
 
     # -- evaluation and summary: delegated

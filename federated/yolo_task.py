@@ -158,6 +158,16 @@ def set_weights(model: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
     model.load_state_dict(new_state, strict=True)
 
 
+def buffer_mask(model: torch.nn.Module) -> list[bool]:
+    """Per ``state_dict`` entry (``get_weights`` order): ``True`` for statistics, not trainable parameters.
+
+    BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked`` are buffers: averaging
+    suits them, a server optimizer's step does not (see ``federated.strategies``).
+    """
+    parameters = {name for name, _ in model.named_parameters()}
+    return [key not in parameters for key in model.state_dict()]
+
+
 def named_weights(keys: Sequence[str], weights: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Pair arrays with their ``state_dict`` keys (for checkpoints)."""
     if len(keys) != len(weights):
@@ -274,13 +284,37 @@ def _client_work_dir() -> Path:
     return path
 
 
-def train_args(config: FederatedConfig, data_yaml: str | Path, seed: int, work_dir: Path) -> dict[str, Any]:
+def round_learning_rate(config: FederatedConfig, server_round: int) -> tuple[float, float]:
+    """ultralytics' ``(lr0, lrf)`` for one round, so that the run follows one linear schedule.
+
+    Over the run's ``T = rounds x local_epochs`` epochs the learning rate falls linearly from
+    ``config.lr0`` to ``config.lr0 x config.lrf``, epoch by epoch, exactly as one ultralytics training
+    of ``T`` epochs with the same ``lr0``/``lrf`` would (its linear ``lf``). Round ``r`` covers
+    epochs ``(r-1) x local_epochs`` to ``r x local_epochs``: it starts at the schedule's value there
+    and its own linear decay ends where round ``r + 1`` starts. Rounds beyond ``rounds`` (a resumed
+    run given more rounds follows the new total) keep the final rate.
+    """
+    total = config.rounds * config.local_epochs
+
+    def schedule(epoch: float) -> float:
+        return max(1.0 - epoch / total, 0.0) * (1.0 - config.lrf) + config.lrf
+
+    start = (max(server_round, 1) - 1) * config.local_epochs
+    first, last = schedule(start), schedule(start + config.local_epochs)
+    return config.lr0 * first, last / first
+
+
+def train_args(
+    config: FederatedConfig, data_yaml: str | Path, seed: int, work_dir: Path, server_round: int = 1
+) -> dict[str, Any]:
     """ultralytics train arguments for one local round, every choice explicit.
 
-    ``lrf=1.0`` and ``cos_lr=False`` keep the learning rate constant (each round would otherwise
-    restart a decay); ``close_mosaic=0`` keeps ``mosaic`` as configured (with ``epochs <= 10`` it
-    would be off all round); ``pretrained=False`` and ``amp=False`` avoid weight downloads.
+    ``lr0``/``lrf`` place the round on the run's linear schedule (:func:`round_learning_rate`), so a
+    round does not restart the decay; ``close_mosaic=0`` keeps ``mosaic`` as configured (with
+    ``epochs <= 10`` it would be off all round); ``pretrained=False`` and ``amp=False`` avoid weight
+    downloads.
     """
+    lr0, lrf = round_learning_rate(config, server_round)
     return {
         "model": config.model,
         "data": str(data_yaml),
@@ -292,8 +326,8 @@ def train_args(config: FederatedConfig, data_yaml: str | Path, seed: int, work_d
         "cache": False if config.image_cache == "none" else config.image_cache,
         "device": config.device or None,
         "optimizer": config.optimizer,
-        "lr0": config.lr0,
-        "lrf": 1.0,
+        "lr0": lr0,
+        "lrf": lrf,
         "cos_lr": False,
         "momentum": config.momentum,
         "weight_decay": config.weight_decay,
@@ -325,6 +359,7 @@ def train_local(
     config: FederatedConfig,
     *,
     seed: int,
+    server_round: int = 1,
     proximal_mu: float = 0.0,
     work_dir: Path | None = None,
     callbacks: Mapping[str, Callable[[Any], None]] | None = None,
@@ -336,6 +371,7 @@ def train_local(
         data_yaml: the client's ``data.yaml`` (its ``train`` split is used).
         config: the run's configuration.
         seed: seed of this round (see :func:`round_seed`).
+        server_round: the round (from 1): its place on the learning-rate schedule.
         proximal_mu: FedProx's mu (the proximal term is added to every optimizer step's loss).
         work_dir: where ultralytics writes its small run files (default: a per-process temp dir).
         callbacks: extra ultralytics callbacks ``{event: fn(trainer)}`` (tests use ``on_train_start``).
@@ -345,7 +381,7 @@ def train_local(
         images, the mean training loss of the last epoch and the wall-clock seconds of ``train()``.
     """
     info = read_dataset(data_yaml)
-    args = train_args(config, info.path, seed, work_dir or _client_work_dir())
+    args = train_args(config, info.path, seed, work_dir or _client_work_dir(), server_round)
     trainer = trainer_class()(initial_weights=list(weights), proximal_mu=proximal_mu, overrides=args)
     for event, callback in (callbacks or {}).items():
         trainer.add_callback(event, callback)

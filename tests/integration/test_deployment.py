@@ -413,6 +413,10 @@ def test_federate_deployment_over_tls(tiny_data: Path, tmp_path: Path) -> None:
     assert f'root-certificates = "{state_tls / "ca.crt"}"' in config and "insecure" not in config
     superlink_log = (run_dir / "logs" / "superlink.log").read_text()
     assert "https://127.0.0.1" in superlink_log.lower() or "Uvicorn running on https" in superlink_log
+    # Flower's fixed 3 s polls were shortened on both sides (federated/flower_polling.py).
+    assert "polling for replies every 0.20 s" in (run_dir / "logs" / "serverapp.log").read_text()
+    for node in (0, 1):
+        assert "polling for messages every 0.20 s" in (run_dir / "logs" / f"supernode-{node}.log").read_text()
     assert processes_of(run_dir / "flwr") == []
 
 
@@ -431,7 +435,7 @@ def _kill_node_mid_round(
     node = [
         p
         for p in live
-        if any(a.endswith("flower-supernode") for a in p.cmdline())
+        if any(a.endswith("flower-supernode") or a == "federated.flower_polling" for a in p.cmdline())
         and any(f"partition-id={partition} " in a + " " for a in p.cmdline())
     ]
     assert len(node) == 1, f"expected one SuperNode with partition-id={partition}, found {len(node)}"

@@ -15,7 +15,13 @@ def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
 
     from federated import yolo_task
     from federated.client_app import app
-    from federated.strategies import METRIC_EXAMPLES, METRIC_LOSS, METRIC_PARTITION, METRIC_SECONDS
+    from federated.strategies import (
+        METRIC_EXAMPLES,
+        METRIC_HANDLER_SECONDS,
+        METRIC_LOSS,
+        METRIC_PARTITION,
+        METRIC_SECONDS,
+    )
     from federated.transport import pack, unpack
 
     names = yolo_task.read_dataset(fl_data_dir / "eval" / "data.yaml").names
@@ -46,11 +52,13 @@ def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
     assert [(a.shape, a.dtype) for a in trained] == [(w.shape, w.dtype) for w in weights]
     data_yaml = fl_data_dir / "client_1" / "data.yaml"
     expected = yolo_task.train_local(
-        weights, data_yaml, fl_config, seed=yolo_task.round_seed(0, 3, 1), proximal_mu=0.5
+        weights, data_yaml, fl_config, seed=yolo_task.round_seed(0, 3, 1), server_round=3, proximal_mu=0.5
     )
     assert all(a.tobytes() == b.tobytes() for a, b in zip(trained, expected.weights, strict=True)), (
-        "the client seeds its round from (seed, server-round, partition-id) and applies FedProx's proximal-mu"
+        "the client seeds its round from (seed, server-round, partition-id), takes the round's place on "
+        "the learning-rate schedule and applies FedProx's proximal-mu"
     )
+    assert metrics[METRIC_HANDLER_SECONDS] >= metrics[METRIC_SECONDS]
 
     evaluation = app(message(MessageType.EVALUATE), context)
     result = next(iter(evaluation.content.metric_records.values()))

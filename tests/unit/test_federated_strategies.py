@@ -204,3 +204,48 @@ def test_fedprox_sends_mu_and_fedavgm_state_survives_export() -> None:
     restored.load_state_arrays(state)
     for a, b in zip(restored.inner.momentum_vector, momentum.inner.momentum_vector, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam"])
+def test_server_optimizers_average_batchnorm_statistics_instead_of_stepping_them(name: str) -> None:
+    """Flower's server optimizers step every array; a running variance must stay a (positive) mean."""
+    config = FederatedConfig(strategy=name, min_clients=2, server_lr=3.0, server_momentum=0.9, fedopt_eta=0.5)
+    start = _global()  # [weights (parameter), running variance (buffer), counter (buffer)]
+    start[1] = np.abs(start[1]) + 1.0
+    buffers = [False, True, True]
+    guarded = GuardedStrategy(build_strategy(config), min_clients=2, buffers=buffers)
+    plain = build_strategy(config)  # Flower's strategy alone, for the parameters' expected values
+    grid = StaticGrid([1, 2])
+    list(guarded.configure_train(1, ArrayRecord(start), ConfigRecord(), grid))
+    list(plain.configure_train(1, ArrayRecord(start), ConfigRecord(), grid))
+    updates = [[start[0] + 0.1, start[1] * 0.5, np.array(9)], [start[0] - 0.3, start[1] * 0.2, np.array(12)]]
+    replies = [_reply(1, updates[0], 10, 0), _reply(2, updates[1], 30, 1)]
+
+    result = guarded.aggregate_train(1, replies)[0].to_numpy_ndarrays()
+    flower = plain.aggregate_train(1, replies)[0].to_numpy_ndarrays()
+    np.testing.assert_allclose(result[0], flower[0], rtol=1e-6)  # parameters: the strategy's own step
+    expected_var = 0.25 * updates[0][1].astype(np.float64) + 0.75 * updates[1][1]
+    np.testing.assert_allclose(result[1], expected_var, rtol=1e-6)
+    assert (result[1] > 0).all()
+    assert int(result[2]) == round(0.25 * 9 + 0.75 * 12) and result[2].dtype == start[2].dtype
+    if name == "fedavgm":  # Flower's step pushes the variance below zero: what this guards against
+        assert (flower[1] < 0).any()
+        np.testing.assert_allclose(
+            guarded.inner.current_arrays.to_numpy_ndarrays()[1], expected_var, rtol=1e-6
+        )
+
+
+def test_fedavg_keeps_its_buffers_untouched_by_the_buffer_rule() -> None:
+    updates, examples = _updates(), [10, 30, 60]
+    results = []
+    for buffers in (None, [False, True, True]):
+        strategy = GuardedStrategy(
+            build_strategy(FederatedConfig(min_clients=3)), min_clients=3, buffers=buffers
+        )
+        _start_round(strategy, [11, 12, 13])
+        replies = [
+            _reply(n, u, e, p)
+            for p, (n, u, e) in enumerate(zip([11, 12, 13], updates, examples, strict=True))
+        ]
+        results.append(strategy.aggregate_train(1, replies)[0].to_numpy_ndarrays())
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(*results, strict=True))

@@ -58,6 +58,28 @@ def test_build_model_is_seeded(fl_data_dir: Path, fl_config) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
 
 
+@pytest.mark.parametrize(("rounds", "local_epochs", "lrf"), [(5, 1, 0.01), (3, 4, 0.2), (1, 6, 0.5)])
+def test_round_learning_rates_follow_one_ultralytics_schedule(
+    rounds: int, local_epochs: int, lrf: float
+) -> None:
+    """Rounds placed one after the other give, epoch by epoch, ultralytics' linear schedule of the run."""
+    from federated.config import FederatedConfig
+    from federated.yolo_task import round_learning_rate
+
+    config = FederatedConfig(rounds=rounds, local_epochs=local_epochs, lr0=0.01, lrf=lrf)
+    total = rounds * local_epochs
+    whole_run = [0.01 * (max(1 - e / total, 0) * (1 - lrf) + lrf) for e in range(total)]  # ultralytics' lf
+    per_round = []
+    for server_round in range(1, rounds + 1):
+        lr0, round_lrf = round_learning_rate(config, server_round)
+        per_round += [
+            lr0 * (max(1 - e / local_epochs, 0) * (1 - round_lrf) + round_lrf) for e in range(local_epochs)
+        ]
+    assert per_round == pytest.approx(whole_run)
+    assert round_learning_rate(config.replace(lrf=1.0), rounds) == pytest.approx((0.01, 1.0))  # constant
+    assert round_learning_rate(config, rounds + 3)[0] == pytest.approx(0.01 * lrf)  # past the end: final
+
+
 @pytest.mark.slow
 def test_local_training_starts_exactly_from_the_global_weights_and_fedprox_pulls_back(
     fl_data_dir: Path, fl_config, global_weights
@@ -69,26 +91,31 @@ def test_local_training_starts_exactly_from_the_global_weights_and_fedprox_pulls
 
     def at_start(trainer) -> None:
         seen["start"] = yolo_task.get_weights(trainer.model)
+        seen["lr"] = [group["lr"] for group in trainer.optimizer.param_groups]
 
-    config = fl_config.replace(optimizer="SGD", lr0=0.05)  # nbs=batch: a step per batch, so the term acts
+    # nbs=batch: a step per batch, so the term acts; round 2 of 4: the schedule has decayed a quarter
+    config = fl_config.replace(optimizer="SGD", lr0=0.05, rounds=4, lrf=0.2)
     plain = yolo_task.train_local(
-        global_weights, data_yaml, config, seed=7, callbacks={"on_train_start": at_start}
+        global_weights, data_yaml, config, seed=7, server_round=2, callbacks={"on_train_start": at_start}
     )
     assert all(a.tobytes() == b.tobytes() for a, b in zip(global_weights, seen["start"], strict=True))
+    assert seen["lr"] == pytest.approx([0.05 * (0.75 * 0.8 + 0.2)] * len(seen["lr"]))
     assert plain.num_examples == yolo_task.count_images(data_yaml, "train") > 0
     assert np.isfinite(plain.train_loss) and plain.seconds > 0
     assert all(w.dtype != np.float16 for w in plain.weights)
     assert [w.shape for w in plain.weights] == [w.shape for w in global_weights]
 
-    repeat = yolo_task.train_local(global_weights, data_yaml, config, seed=7)
+    repeat = yolo_task.train_local(global_weights, data_yaml, config, seed=7, server_round=2)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(plain.weights, repeat.weights, strict=True)), (
         "a seeded round is deterministic on CPU (resume relies on it)"
     )
-    prox = yolo_task.train_local(global_weights, data_yaml, config, seed=7, proximal_mu=50.0)
+    prox = yolo_task.train_local(global_weights, data_yaml, config, seed=7, server_round=2, proximal_mu=50.0)
     assert _norm(prox.weights, global_weights) < _norm(plain.weights, global_weights), (
         "the proximal term pulls the local model towards the global weights"
     )
-    raw = yolo_task.train_local(global_weights, data_yaml, config.replace(send_weights="raw"), seed=7)
+    raw = yolo_task.train_local(
+        global_weights, data_yaml, config.replace(send_weights="raw"), seed=7, server_round=2
+    )
     assert any(a.tobytes() != b.tobytes() for a, b in zip(raw.weights, plain.weights, strict=True))
 
 

@@ -1,0 +1,188 @@
+"""Shorter message polling for Flower 1.42's Deployment Engine, wrapped in this one module.
+
+Flower 1.42 polls the SuperLink at fixed, hard-coded intervals (a limitation, not configurable):
+
+* ``HttpGrid.send_and_receive`` (the ServerApp's grid in the Deployment Engine) sleeps **3 s**
+  between two pulls of the clients' replies (``flwr/superlink/grid/http_grid.py``);
+* a SuperNode (``flwr/supernode/start_client_internal.py``) sleeps **3 s** whenever no message is
+  waiting for it, and **0.5 s** between checks for its ClientApp's reply.
+
+A round therefore waits on average about 1.5 s for each client to notice its message and 1.5 s for
+the ServerApp to notice the last reply: on rounds of a few seconds of training that is most of the
+round (``benchmarks/round_overhead.py``). :class:`PromptGrid` wraps any Grid and polls replies at
+``poll_interval`` instead; :func:`patch_supernode_polling` caps the SuperNode's sleeps at
+``poll_interval``. Each poll is one small request to the SuperLink: 0.2 s is cheap on a handful of
+nodes; a large fleet should keep Flower's 3 s (``node_poll_interval=3``).
+
+``python -m federated.flower_polling --poll-interval S -- <flower-supernode args>`` starts a
+SuperNode with the patch (what :func:`federated.deployment.start_supernode` runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import types
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log as flwr_log
+
+from federated.config import FLOWER_POLL_INTERVAL
+
+
+class PromptGrid(Grid):
+    """A Grid that waits for replies with a short poll interval; everything else is the wrapped grid's.
+
+    Args:
+        grid: the Grid Flower gave the ServerApp.
+        poll_interval: seconds between two pulls of replies (Flower's HttpGrid: 3 s).
+    """
+
+    def __init__(self, grid: Grid, poll_interval: float) -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        self.inner = grid
+        self.poll_interval = float(poll_interval)
+
+    def set_run(self, run: Any) -> None:
+        """Set the run (delegated)."""
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        """The run (delegated)."""
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Create a message (delegated)."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Connected node ids (delegated)."""
+        return self.inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:
+        """Connected nodes (delegated)."""
+        return self.inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push messages (delegated)."""
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull replies (delegated)."""
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull their replies every ``poll_interval`` until all came or ``timeout``.
+
+        The same contract as Flower's ``Grid.send_and_receive``: replies that arrived in time are
+        returned, missing ones are simply absent.
+        """
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            received = list(self.pull_messages(pending))
+            replies.extend(received)
+            pending.difference_update(m.metadata.reply_to_message_id for m in received)
+            if not pending:
+                break
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(self.poll_interval, left))
+            else:
+                time.sleep(self.poll_interval)
+        return replies
+
+
+def prompt_grid(grid: Grid, poll_interval: float) -> Grid:
+    """``grid`` wrapped in :class:`PromptGrid` when it is Flower's ``HttpGrid`` (fixed 3 s polls).
+
+    Other grids are returned unchanged: the Simulation Engine's ``InMemoryGrid`` already polls every
+    0.1 s, and ``poll_interval >= 3`` keeps Flower's own behaviour.
+    """
+    from flwr.superlink.grid import HttpGrid
+
+    if poll_interval >= FLOWER_POLL_INTERVAL or not isinstance(grid, HttpGrid):
+        return grid
+    # Flower's own logger: its records reach the run's log (``flwr log``), this module's would not.
+    flwr_log(
+        logging.INFO,
+        "ServerApp: polling for replies every %.2f s (Flower's HttpGrid: %.0f s)",
+        poll_interval,
+        FLOWER_POLL_INTERVAL,
+    )
+    return PromptGrid(grid, poll_interval)
+
+
+def _capped_time(poll_interval: float) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` never sleeps longer than ``poll_interval``."""
+    capped = types.ModuleType("time", "time, with sleep() capped (federated.flower_polling)")
+    capped.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
+
+    def sleep(seconds: float) -> None:
+        time.sleep(min(float(seconds), poll_interval))
+
+    capped.sleep = sleep  # type: ignore[attr-defined]
+    return capped
+
+
+def patch_supernode_polling(poll_interval: float) -> None:
+    """Cap the SuperNode's hard-coded sleeps (3 s idle, 0.5 s reply waits) at ``poll_interval``.
+
+    Only ``flwr.supernode.start_client_internal`` sees the capped ``time`` module; nothing else in
+    the process changes.
+    """
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+    from flwr.supernode import start_client_internal
+
+    start_client_internal.time = _capped_time(poll_interval)  # type: ignore[attr-defined]
+    print(
+        f"SuperNode: polling for messages every {poll_interval:.2f} s "
+        f"(Flower's own: {FLOWER_POLL_INTERVAL:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``flower-supernode`` with :func:`patch_supernode_polling` applied.
+
+    Usage: ``python -m federated.flower_polling --poll-interval S -- <flower-supernode arguments>``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or args[0] != "--poll-interval" or args[2] != "--":
+        print("usage: python -m federated.flower_polling --poll-interval S -- ARGS...", file=sys.stderr)
+        return 2
+    try:
+        interval = float(args[1])
+        patch_supernode_polling(interval)
+    except ValueError as exc:
+        print(f"--poll-interval: {exc}", file=sys.stderr)
+        return 2
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *args[3:]]
+    flower_supernode()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
