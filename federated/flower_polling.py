@@ -12,7 +12,7 @@ the ServerApp to notice the last reply: on rounds of a few seconds of training t
 round (``benchmarks/round_overhead.py``). :class:`PromptGrid` wraps any Grid and polls replies at
 ``poll_interval`` instead; :func:`patch_supernode_polling` caps the SuperNode's sleeps at
 ``poll_interval``. Each poll is one small request to the SuperLink: 0.2 s is cheap on a handful of
-nodes; a large fleet should keep Flower's 3 s (``node_poll_interval=3``).
+nodes; a large fleet should keep Flower's 3 s (config ``poll_interval: 3``).
 
 ``python -m federated.flower_polling --poll-interval S -- <flower-supernode args>`` starts a
 SuperNode with the patch (what :func:`federated.deployment.start_supernode` runs).
@@ -101,13 +101,14 @@ class PromptGrid(Grid):
             pending.difference_update(m.metadata.reply_to_message_id for m in received)
             if not pending:
                 break
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(self.poll_interval, left))
-            else:
-                time.sleep(self.poll_interval)
+            wait = (
+                self.poll_interval
+                if deadline is None
+                else min(self.poll_interval, deadline - time.monotonic())
+            )
+            if wait <= 0:
+                break
+            time.sleep(wait)
         return replies
 
 
