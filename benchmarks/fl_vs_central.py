@@ -9,7 +9,8 @@ partitions, so a seed fixes the evaluation images). Then:
   learning rate and schedule (``federated.yolo_task.train_local``), at two batch sizes (see
   :func:`central_baselines`); all splits share the same union, so it is trained once;
 * **federated**: ``run_federated`` with each strategy (FedAvg on IID; FedAvg, FedAvgM and FedProx on
-  the non-IID split by default), ``rounds`` rounds of ``local_epochs`` epochs per client.
+  the non-IID split by default), ``rounds`` rounds of ``local_epochs`` epochs per client, once with
+  stateless clients and once with ``optimizer_state=keep`` (reported as ``STRATEGY+keep``).
 
 Both are evaluated on the held-out split with ultralytics' validator. The ratios
 ``federated mAP50-95 / central mAP50-95`` are compared with the targets (>= 0.95 IID, >= 0.90
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--central",
         default="same_batch,data_parallel",
-        help="centralized baselines: same_batch (the clients' batch) and/or data_parallel (clients x batch)",
+        help="centralized baselines: same_batch (the clients' batch) and/or data_parallel (clients x batch); "
+        "'none' skips central training (no ratios)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=("simulation", "deployment"), default="simulation")
@@ -66,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iid-strategies", default="fedavg", help="strategies run on the IID split")
     parser.add_argument(
         "--non-iid-strategies", default="fedavg,fedavgm,fedprox", help="strategies run on non-IID splits"
+    )
+    parser.add_argument(
+        "--optimizer-states",
+        default="reset,keep",
+        help="each strategy runs once per optimizer_state (reset: stateless clients; keep: each client keeps "
+        "its optimizer state across rounds, reported as STRATEGY+keep)",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra FederatedConfig overrides"
@@ -141,7 +149,7 @@ def central_baselines(config: Any, clients: int, which: str) -> dict[str, dict[s
         "same_batch": {"batch": config.batch, "nbs": config.nbs},
         "data_parallel": {"batch": config.batch * clients, "nbs": config.nbs * clients},
     }
-    names = [name.strip() for name in which.split(",") if name.strip()]
+    names = [name.strip() for name in which.split(",") if name.strip() and name.strip() != "none"]
     unknown = sorted(set(names) - set(options))
     if unknown:
         raise SystemExit(f"--central: unknown baseline {unknown[0]!r} (choose from {', '.join(options)})")
@@ -225,10 +233,17 @@ def main(argv: list[str] | None = None) -> int:
             "target_ratio": TARGETS[kind],
         }
         strategies = args.iid_strategies if kind == "iid" else args.non_iid_strategies
-        for strategy in [s.strip() for s in strategies.split(",") if s.strip()]:
-            run_dir = out / f"fed-{split.replace(':', '-')}-{strategy}"
+        runs = [
+            (strategy, state)
+            for strategy in [s.strip() for s in strategies.split(",") if s.strip()]
+            for state in [s.strip() for s in args.optimizer_states.split(",") if s.strip()]
+        ]
+        for strategy, state in runs:
+            name = strategy if state == "reset" else f"{strategy}+{state}"
+            run_dir = out / f"fed-{split.replace(':', '-')}-{name.replace('+', '-')}"
             shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own previous output
-            fed = federated_run(config.replace(strategy=strategy), data_dir, run_dir, args.engine)
+            run_config = config.replace(strategy=strategy, optimizer_state=state)
+            fed = federated_run(run_config, data_dir, run_dir, args.engine)
             fed["ratio"] = {
                 name: round(fed["map50_95"] / central["map50_95"], 4) if central["map50_95"] > 0 else None
                 for name, central in entry["central"].items()
@@ -236,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             fed["meets_target"] = {
                 name: ratio is not None and ratio >= TARGETS[kind] for name, ratio in fed["ratio"].items()
             }
-            entry["federated"][strategy] = fed
-            print(json.dumps({"progress": split, "strategy": strategy, **fed}), file=sys.stderr, flush=True)
+            entry["federated"][name] = fed
+            print(json.dumps({"progress": split, "strategy": name, **fed}), file=sys.stderr, flush=True)
         report["splits"][split] = entry
     print(json.dumps(report, indent=1))
     return 0

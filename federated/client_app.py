@@ -22,7 +22,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 from federated import yolo_task  # noqa: E402
@@ -32,11 +32,15 @@ from federated.strategies import (  # noqa: E402
     METRIC_HANDLER_SECONDS,
     METRIC_LOSS,
     METRIC_PARTITION,
+    METRIC_RESUMED_STEPS,
     METRIC_SECONDS,
 )
 from federated.transport import pack, unpack  # noqa: E402
 
 app = ClientApp()
+
+#: Key of the local optimizer's state in the client's Flower ``Context.state`` (``optimizer_state=keep``).
+OPTIMIZER_STATE_KEY = "fleetfl.optimizer-state"
 
 
 class ClientDataError(ValueError):
@@ -80,6 +84,12 @@ def _partition_id(context: Context) -> int:
     return int(value) if value is not None else int(context.node_id) % (2**31 - 1)
 
 
+def _saved_optimizer_state(context: Context) -> dict | None:
+    """This client's optimizer state from its previous round, if it kept one (never sent anywhere)."""
+    record = context.state.array_records.get(OPTIMIZER_STATE_KEY)
+    return {name: array.numpy() for name, array in record.items()} if record else None
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train locally from the global weights and reply with all weights and the true example count."""
@@ -96,7 +106,11 @@ def train(message: Message, context: Context) -> Message:
         seed=yolo_task.round_seed(config.seed, server_round, partition_id),
         server_round=server_round,
         proximal_mu=float(settings.get("proximal-mu", 0.0)),
+        optimizer_state=_saved_optimizer_state(context),
     )
+    if result.optimizer_state is not None:
+        state = {name: Array(array) for name, array in result.optimizer_state.items()}
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(array_dict=state)
     packed = pack(result.weights)
     metrics = MetricRecord(
         {
@@ -105,6 +119,7 @@ def train(message: Message, context: Context) -> Message:
             METRIC_SECONDS: result.seconds,
             METRIC_HANDLER_SECONDS: time.perf_counter() - started,
             METRIC_PARTITION: partition_id,
+            METRIC_RESUMED_STEPS: result.resumed_steps,
         }
     )
     content = RecordDict({"arrays": ArrayRecord(packed), "metrics": metrics})

@@ -36,6 +36,7 @@ STRATEGIES: tuple[str, ...] = (
 )
 OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp")
 SEND_WEIGHTS: tuple[str, ...] = ("ema", "raw")
+OPTIMIZER_STATES: tuple[str, ...] = ("reset", "keep")
 IMAGE_CACHES: tuple[str, ...] = ("none", "disk", "ram")
 #: Flower 1.42's hard-coded poll interval (seconds) of SuperNodes and of the ServerApp's grid.
 FLOWER_POLL_INTERVAL = 3.0
@@ -128,6 +129,16 @@ class FederatedConfig:
     )
     mosaic: float = field(
         default=1.0, metadata=_meta("mosaic augmentation probability", minimum=0.0, maximum=1.0)
+    )
+    optimizer_state: str = field(
+        default="reset",
+        metadata=_meta(
+            "local optimizer state between rounds: 'reset' (a fresh optimizer every round: stateless "
+            "clients, a resumed run repeats an uninterrupted one exactly) or 'keep' (each client keeps "
+            "its optimizer's moments in its Flower context across rounds; never sent; lost when the "
+            "client restarts)",
+            choices=OPTIMIZER_STATES,
+        ),
     )
     send_weights: str = field(
         default="ema",

@@ -59,6 +59,7 @@ METRIC_LOSS = "train-loss"
 METRIC_SECONDS = "train-seconds"
 METRIC_HANDLER_SECONDS = "clientapp-seconds"  # the whole train message in the ClientApp (set-up included)
 METRIC_PARTITION = "partition-id"
+METRIC_RESUMED_STEPS = "resumed-optimizer-steps"  # steps the client's kept optimizer state carried in
 
 
 #: Flower strategies that apply a server-side optimizer to the averaged update (pseudo-gradient).
@@ -168,6 +169,7 @@ class ClientRound:
     train_loss: float | None = None
     train_seconds: float | None = None
     clientapp_seconds: float | None = None
+    resumed_optimizer_steps: int | None = None
     update_norm: float | None = None
     reason: str | None = None
 
@@ -339,6 +341,9 @@ class GuardedStrategy(Strategy):
             train_seconds=float(metrics[METRIC_SECONDS]) if METRIC_SECONDS in metrics else None,
             clientapp_seconds=(
                 float(metrics[METRIC_HANDLER_SECONDS]) if METRIC_HANDLER_SECONDS in metrics else None
+            ),
+            resumed_optimizer_steps=(
+                int(metrics[METRIC_RESUMED_STEPS]) if METRIC_RESUMED_STEPS in metrics else None
             ),
         )
 

@@ -185,6 +185,60 @@ class TrainResult:
     train_loss: float
     seconds: float
     loss_items: dict[str, float] = field(default_factory=dict)
+    #: the local optimizer's state at the end (``config.optimizer_state == "keep"``), else ``None``
+    optimizer_state: dict[str, np.ndarray] | None = None
+    #: optimizer steps carried into this round from the previous one (0: a fresh optimizer)
+    resumed_steps: int = 0
+
+
+def optimizer_state_arrays(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """An optimizer's per-parameter state as named numpy arrays: ``"<param index>/<name>"``.
+
+    Adam-type optimizers hold ``step``, ``exp_avg`` and ``exp_avg_sq``, SGD ``momentum_buffer``.
+    Hyperparameters (learning rate, betas, the schedule's ``initial_lr``) are not included: they
+    belong to the round, not to the client's history.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if hasattr(value, "detach"):
+                arrays[f"{index}/{name}"] = value.detach().cpu().numpy().copy()
+            elif value is not None:
+                arrays[f"{index}/{name}"] = np.asarray(value)
+    return arrays
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, arrays: Mapping[str, np.ndarray]) -> int:
+    """Load per-parameter state saved by :func:`optimizer_state_arrays`, keeping the fresh hyperparameters.
+
+    Returns:
+        The optimizer steps the state carries (``step``, Adam-type optimizers; 0 for SGD's momentum).
+
+    Raises:
+        ValueError: the state does not fit this optimizer's parameters (a key, parameter index or
+            shape that differs); the optimizer is left unchanged.
+    """
+    import torch
+
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    state: dict[int, dict[str, Any]] = {}
+    for key, array in arrays.items():
+        index_text, _, name = key.partition("/")
+        if not index_text.isdigit() or not name:
+            raise ValueError(f"optimizer state: bad key {key!r}")
+        index = int(index_text)
+        if index >= len(params):
+            raise ValueError(f"optimizer state: parameter {index} of an optimizer with {len(params)}")
+        array = np.asarray(array)
+        expected = tuple(params[index].shape)
+        if array.ndim and tuple(array.shape) != expected:
+            raise ValueError(f"optimizer state {key}: shape {tuple(array.shape)}, parameter has {expected}")
+        state.setdefault(index, {})[name] = torch.tensor(array)
+    current = optimizer.state_dict()
+    current["state"] = state
+    optimizer.load_state_dict(current)
+    steps = [float(entry["step"]) for entry in state.values() if "step" in entry]
+    return int(max(steps)) if steps else 0
 
 
 def _make_trainer_class() -> type:
@@ -200,6 +254,8 @@ def _make_trainer_class() -> type:
             initial_weights: the global weights (``get_weights`` order) that training starts from.
             proximal_mu: FedProx's mu; ``0`` trains plain local SGD.
             overrides: ultralytics train arguments.
+            optimizer_state: the client's optimizer state from its previous round
+                (:func:`optimizer_state_arrays`), loaded into the fresh optimizer; ``None`` starts fresh.
         """
 
         def __init__(
@@ -208,9 +264,12 @@ def _make_trainer_class() -> type:
             proximal_mu: float = 0.0,
             overrides: dict[str, Any] | None = None,
             _callbacks: Any = None,
+            optimizer_state: Mapping[str, np.ndarray] | None = None,
         ) -> None:
             self.initial_weights = initial_weights
             self.proximal_mu = float(proximal_mu)
+            self.initial_optimizer_state = optimizer_state
+            self.resumed_steps = 0
             self._global_params: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
             super().__init__(overrides=overrides, _callbacks=_callbacks)
 
@@ -222,6 +281,11 @@ def _make_trainer_class() -> type:
 
         def _setup_train(self) -> None:
             super()._setup_train()
+            if self.initial_optimizer_state:
+                try:
+                    self.resumed_steps = load_optimizer_state(self.optimizer, self.initial_optimizer_state)
+                except ValueError as exc:  # e.g. a client whose previous round used another model
+                    LOG.warning("starting a fresh optimizer: %s", exc)
             if self.proximal_mu > 0:
                 reference = dict(zip(state_keys(self.model), self.initial_weights, strict=True))
                 self._global_params = [
@@ -363,6 +427,7 @@ def train_local(
     proximal_mu: float = 0.0,
     work_dir: Path | None = None,
     callbacks: Mapping[str, Callable[[Any], None]] | None = None,
+    optimizer_state: Mapping[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train locally for ``config.local_epochs`` starting exactly from ``weights``.
 
@@ -375,14 +440,23 @@ def train_local(
         proximal_mu: FedProx's mu (the proximal term is added to every optimizer step's loss).
         work_dir: where ultralytics writes its small run files (default: a per-process temp dir).
         callbacks: extra ultralytics callbacks ``{event: fn(trainer)}`` (tests use ``on_train_start``).
+        optimizer_state: with ``config.optimizer_state == "keep"``, this client's optimizer state
+            from its previous round (``TrainResult.optimizer_state``); ignored with ``"reset"``.
 
     Returns:
         The trained weights (fp32 EMA or raw, as ``config.send_weights`` says), the number of training
-        images, the mean training loss of the last epoch and the wall-clock seconds of ``train()``.
+        images, the mean training loss of the last epoch, the wall-clock seconds of ``train()`` and,
+        with ``optimizer_state="keep"``, the optimizer's state for the next round.
     """
+    keep = config.optimizer_state == "keep"
     info = read_dataset(data_yaml)
     args = train_args(config, info.path, seed, work_dir or _client_work_dir(), server_round)
-    trainer = trainer_class()(initial_weights=list(weights), proximal_mu=proximal_mu, overrides=args)
+    trainer = trainer_class()(
+        initial_weights=list(weights),
+        proximal_mu=proximal_mu,
+        overrides=args,
+        optimizer_state=optimizer_state if keep else None,
+    )
     for event, callback in (callbacks or {}).items():
         trainer.add_callback(event, callback)
     start = time.perf_counter()
@@ -399,6 +473,8 @@ def train_local(
         train_loss=float(sum(loss_items.values())) if loss_items else math.nan,
         seconds=seconds,
         loss_items=loss_items,
+        optimizer_state=optimizer_state_arrays(trainer.optimizer) if keep else None,
+        resumed_steps=trainer.resumed_steps,
     )
 
 

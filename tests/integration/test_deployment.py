@@ -397,7 +397,7 @@ def test_federate_deployment_over_tls(tiny_data: Path, tmp_path: Path) -> None:
 
     run_dir = tmp_path / "run"
     argv = ["federate", "--engine", "deployment", "--data", str(tiny_data), "--out", str(run_dir)]
-    for item in TINY:  # the default model (yolov9t)
+    for item in [*TINY, "optimizer_state=keep"]:  # the default model (yolov9t)
         argv += ["--set", item]
     assert main(argv) == 0
 
@@ -405,6 +405,9 @@ def test_federate_deployment_over_tls(tiny_data: Path, tmp_path: Path) -> None:
     assert [row["round"] for row in rows] == [1, 2]
     assert all({"map50", "map50_95", "round_seconds"} <= set(row) for row in rows)
     assert all(len(row["clients"]) == 2 and {c["status"] for c in row["clients"]} == {"ok"} for row in rows)
+    # optimizer_state=keep: each SuperNode kept its client's AdamW state in its Flower context
+    assert [c["resumed_optimizer_steps"] for c in rows[0]["clients"]] == [0, 0]
+    assert all(c["resumed_optimizer_steps"] > 0 for c in rows[1]["clients"])
     assert rd.list_checkpoints(run_dir) == [1, 2]
     assert (run_dir / "final.pt").stat().st_size > 1_000_000 and (run_dir / "map.png").stat().st_size > 0
     # TLS: the SuperLink served the local CA's certificate, and flwr trusted exactly that CA.

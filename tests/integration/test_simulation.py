@@ -59,6 +59,23 @@ def test_resume_from_round_one_repeats_round_two_exactly(fl_simulation_run: Path
     assert rows[1]["map50_95"] == rd.read_metrics(fl_simulation_run)[1]["map50_95"]
 
 
+def test_kept_optimizer_state_reaches_the_next_round(fl_data_dir: Path, tmp_path: Path) -> None:
+    """``optimizer_state=keep``: Flower's simulation keeps each client's Context.state between rounds."""
+    from tests.fixtures.federated import run_federate_command
+
+    run = tmp_path / "run"
+    settings = ["rounds=2", "imgsz=64", "batch=4", "nbs=4", "device=cpu", "optimizer_state=keep"]
+    argv = ["federate", "--data", str(fl_data_dir), "--out", str(run)]
+    for item in settings:
+        argv += ["--set", item]
+    assert run_federate_command(argv) == 0
+    first, second = (row["clients"] for row in rd.read_metrics(run))
+    assert [c["resumed_optimizer_steps"] for c in first] == [0, 0]
+    steps = [c["resumed_optimizer_steps"] for c in second]
+    images = [c["examples"] for c in first]
+    assert steps == [-(-n // 4) for n in images], "one AdamW step per batch of 4 in round 1, carried into 2"
+
+
 def test_failed_client_below_min_clients_stops_with_last_checkpoint_intact(
     fl_simulation_run: Path, fl_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -64,3 +64,41 @@ def test_train_and_evaluate_messages(fl_data_dir: Path, fl_config) -> None:
     result = next(iter(evaluation.content.metric_records.values()))
     assert 0.0 <= result["map50_95"] <= result["map50"] <= 1.0
     assert result[METRIC_EXAMPLES] == yolo_task.count_images(fl_data_dir / "client_1" / "data.yaml", "val")
+
+
+def test_kept_optimizer_state_stays_in_the_context(fl_data_dir: Path, fl_config) -> None:
+    """``optimizer_state=keep``: the AdamW state goes into ``Context.state`` (never into the reply)."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from federated import yolo_task
+    from federated.client_app import OPTIMIZER_STATE_KEY, app
+    from federated.strategies import METRIC_RESUMED_STEPS
+    from federated.transport import pack
+
+    names = yolo_task.read_dataset(fl_data_dir / "eval" / "data.yaml").names
+    weights = yolo_task.get_weights(yolo_task.build_model(fl_config.model, names, seed=0))
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+
+    def train(server_round: int, optimizer_state: str) -> Message:
+        config = {**fl_config.to_flat(), "optimizer_state": optimizer_state}
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(pack(weights)),
+                "config": ConfigRecord(
+                    {**config, "data-dir": str(fl_data_dir), "server-round": server_round}
+                ),
+            }
+        )
+        return app(Message(content, dst_node_id=7, message_type=MessageType.TRAIN), context)
+
+    first = train(1, "keep")
+    assert next(iter(first.content.metric_records.values()))[METRIC_RESUMED_STEPS] == 0
+    assert list(first.content.array_records) == ["arrays"], "the optimizer state is not sent"
+    saved = context.state.array_records[OPTIMIZER_STATE_KEY]
+    steps = int(saved["0/step"].numpy())
+    assert steps > 0 and {"0/exp_avg", "0/exp_avg_sq"} <= set(saved)
+    second = train(2, "keep")
+    assert next(iter(second.content.metric_records.values()))[METRIC_RESUMED_STEPS] == steps
+    assert int(context.state.array_records[OPTIMIZER_STATE_KEY]["0/step"].numpy()) == 2 * steps
+    fresh = train(3, "reset")  # stateless: the kept state is not used
+    assert next(iter(fresh.content.metric_records.values()))[METRIC_RESUMED_STEPS] == 0

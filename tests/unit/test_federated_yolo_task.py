@@ -119,6 +119,79 @@ def test_local_training_starts_exactly_from_the_global_weights_and_fedprox_pulls
     assert any(a.tobytes() != b.tobytes() for a, b in zip(raw.weights, plain.weights, strict=True))
 
 
+def test_optimizer_state_round_trip_keeps_the_new_rounds_hyperparameters() -> None:
+    import torch
+
+    from federated.yolo_task import load_optimizer_state, optimizer_state_arrays
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    first = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.999))
+    for _ in range(3):
+        first.zero_grad()
+        model(torch.randn(4, 3)).pow(2).sum().backward()
+        first.step()
+    arrays = optimizer_state_arrays(first)
+    assert set(arrays) == {f"{i}/{n}" for i in range(4) for n in ("step", "exp_avg", "exp_avg_sq")}
+    second = torch.optim.AdamW(model.parameters(), lr=0.002, betas=(0.9, 0.999))
+    assert load_optimizer_state(second, arrays) == 3
+    assert second.param_groups[0]["lr"] == 0.002, "the round's own learning rate, not the saved one"
+    for param in model.parameters():
+        assert torch.equal(second.state[param]["exp_avg"], first.state[param]["exp_avg"])
+        assert float(second.state[param]["step"]) == 3.0
+
+    untouched = torch.optim.AdamW(model.parameters(), lr=0.002)
+    bad_shape = {**arrays, "1/exp_avg": np.zeros(5, np.float32)}
+    with pytest.raises(ValueError, match=r"1/exp_avg: shape \(5,\)"):
+        load_optimizer_state(untouched, bad_shape)
+    with pytest.raises(ValueError, match="parameter 9"):
+        load_optimizer_state(untouched, {"9/exp_avg": np.zeros(2, np.float32)})
+    with pytest.raises(ValueError, match="bad key"):
+        load_optimizer_state(untouched, {"exp_avg": np.zeros(2, np.float32)})
+    assert untouched.state_dict()["state"] == {}, "a rejected state leaves the optimizer fresh"
+
+
+@pytest.mark.slow
+def test_kept_optimizer_state_continues_adam_in_the_next_round(
+    fl_data_dir: Path, fl_config, global_weights
+) -> None:
+    from federated import yolo_task
+
+    data_yaml = fl_data_dir / "client_0" / "data.yaml"
+    config = fl_config.replace(optimizer="AdamW", optimizer_state="keep", rounds=2)
+    first = yolo_task.train_local(global_weights, data_yaml, config, seed=1, server_round=1)
+    assert first.resumed_steps == 0 and first.optimizer_state is not None
+    steps = int(first.optimizer_state["0/step"])
+    assert steps == -(-yolo_task.count_images(data_yaml, "train") // config.batch)  # one step per batch
+    seen: dict[str, object] = {}
+
+    def at_start(trainer) -> None:
+        seen["state"] = yolo_task.optimizer_state_arrays(trainer.optimizer)
+        seen["lr"] = trainer.optimizer.param_groups[0]["lr"]
+
+    second = yolo_task.train_local(
+        first.weights,
+        data_yaml,
+        config,
+        seed=2,
+        server_round=2,
+        optimizer_state=first.optimizer_state,
+        callbacks={"on_train_start": at_start},
+    )
+    assert second.resumed_steps == steps
+    assert all(seen["state"][k].tobytes() == v.tobytes() for k, v in first.optimizer_state.items())
+    assert seen["lr"] == pytest.approx(yolo_task.round_learning_rate(config, 2)[0])
+    assert int(second.optimizer_state["0/step"]) == 2 * steps
+    stateless = yolo_task.train_local(
+        first.weights,
+        data_yaml,
+        config.replace(optimizer_state="reset"),
+        seed=2,
+        server_round=2,
+        optimizer_state=first.optimizer_state,
+    )
+    assert stateless.resumed_steps == 0 and stateless.optimizer_state is None
+
+
 @pytest.mark.slow
 def test_evaluation_and_ultralytics_export(
     fl_data_dir: Path, fl_config, global_weights, tmp_path: Path
