@@ -85,7 +85,7 @@ def test_cli_refuses_bad_parameters_before_any_task(clearml_server, capfd, actio
 @pytest.fixture(scope="module")
 def pipeline_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Unique queues with one server agent, two client agents and one HPO agent."""
-    from queues.agents import start_agents, stop_agents, wait_for_workers
+    from tests.fixtures.clearml import fleet_agents
 
     suffix = uuid.uuid4().hex[:6]
     queues = {
@@ -93,15 +93,9 @@ def pipeline_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) ->
         "client_queue": f"p2e-cli-{suffix}",
         "hpo_queue": f"p2e-hpo-{suffix}",
     }
-    state = tmp_path_factory.mktemp("p2e-agents")
-    records = []
-    for queue, count in ((queues["server_queue"], 1), (queues["client_queue"], 2), (queues["hpo_queue"], 1)):
-        records += start_agents(queue, count, state_dir=state)
-    try:
-        assert wait_for_workers([r.worker_id for r in records], timeout_s=240), "agents did not register"
+    counts = {queues["server_queue"]: 1, queues["client_queue"]: 2, queues["hpo_queue"]: 1}
+    with fleet_agents(counts, tmp_path_factory.mktemp("p2e-agents")):
         yield queues
-    finally:
-        stop_agents(state_dir=state)
 
 
 @pytest.fixture(scope="module")

@@ -98,19 +98,12 @@ def test_round_report_and_rollback_record() -> None:
 @pytest.fixture(scope="module")
 def fl_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Unique server/client queues, one server agent and two client agents (stopped at the end)."""
-    from queues.agents import start_agents, stop_agents, wait_for_workers
+    from tests.fixtures.clearml import fleet_agents
 
     suffix = uuid.uuid4().hex[:6]
     queues = {"server": f"p2-fl-server-{suffix}", "clients": f"p2-fl-clients-{suffix}"}
-    state = tmp_path_factory.mktemp("p2-agents")
-    records = start_agents(queues["server"], 1, state_dir=state) + start_agents(
-        queues["clients"], 2, state_dir=state
-    )
-    try:
-        assert wait_for_workers([r.worker_id for r in records], timeout_s=240), "agents did not register"
+    with fleet_agents({queues["server"]: 1, queues["clients"]: 2}, tmp_path_factory.mktemp("p2-agents")):
         yield queues
-    finally:
-        stop_agents(state_dir=state)
 
 
 @pytest.fixture(scope="module")
