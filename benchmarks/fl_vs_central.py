@@ -9,8 +9,8 @@ partitions, so a seed fixes the evaluation images). Then:
   learning rate and schedule (``federated.yolo_task.train_local``), at two batch sizes (see
   :func:`central_baselines`); all splits share the same union, so it is trained once;
 * **federated**: ``run_federated`` with each strategy (FedAvg on IID; FedAvg, FedAvgM and FedProx on
-  the non-IID split by default), ``rounds`` rounds of ``local_epochs`` epochs per client, once with
-  stateless clients and once with ``optimizer_state=keep`` (reported as ``STRATEGY+keep``).
+  the non-IID split by default), ``rounds`` rounds of ``local_epochs`` epochs per client, once per
+  ``--optimizer-states`` entry (``keep`` runs are reported as ``STRATEGY+keep``).
 
 Both are evaluated on the held-out split with ultralytics' validator. The ratios
 ``federated mAP50-95 / central mAP50-95`` are compared with the targets (>= 0.95 IID, >= 0.90
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--optimizer-states",
-        default="reset,keep",
+        default="reset",
         help="each strategy runs once per optimizer_state (reset: stateless clients; keep: each client keeps "
         "its optimizer state across rounds, reported as STRATEGY+keep)",
     )
