@@ -251,7 +251,9 @@ class GuardedStrategy(Strategy):
         true_round = server_round + self.round_offset
         record = self.current if self.current is not None else RoundRecord(server_round=true_round)
         record.replies_at = time.perf_counter()
-        accepted: list[tuple[int, int, Message]] = []
+        accepted: list[
+            tuple[int, int, Message, int, list[np.ndarray]]
+        ] = []  # sort keys, reply, examples, buffers
         for message in replies:
             node_id = int(message.metadata.src_node_id)
             if message.has_error():
@@ -278,9 +280,9 @@ class GuardedStrategy(Strategy):
                 )
                 client.status, client.reason = "rejected", reason
             else:
-                accepted.append(
-                    (client.partition_id if client.partition_id is not None else 1 << 30, node_id, message)
-                )
+                buffers = self._buffer_values(update) if self._averages_buffers else []
+                partition = client.partition_id if client.partition_id is not None else 1 << 30
+                accepted.append((partition, node_id, message, client.examples or 0, buffers))
             record.clients.append(client)
         record.clients.sort(
             key=lambda c: (c.partition_id if c.partition_id is not None else 1 << 30, c.node_id)
@@ -294,25 +296,39 @@ class GuardedStrategy(Strategy):
                 f"min_clients is {self.min_clients}" + (f" [{summary}]" if summary else "")
             )
         accepted.sort(key=lambda item: (item[0], item[1]))
-        ordered = [message for _, _, message in accepted]
+        ordered = [item[2] for item in accepted]
         arrays, metrics = self.inner.aggregate_train(true_round, ordered)
-        if arrays is not None and self.buffers is not None and isinstance(self.inner, SERVER_OPTIMIZERS):
-            arrays = self._average_buffers(arrays, ordered)
+        if arrays is not None and self._averages_buffers:
+            arrays = self._average_buffers(arrays, [(item[3], item[4]) for item in accepted])
         return arrays, metrics
 
-    def _average_buffers(self, arrays: ArrayRecord, replies: list[Message]) -> ArrayRecord:
-        """``arrays`` with every buffer replaced by the examples-weighted mean of the replies' values."""
+    @property
+    def _averages_buffers(self) -> bool:
+        """Whether buffers get the plain weighted mean (a server optimizer would step them)."""
+        return self.buffers is not None and isinstance(self.inner, SERVER_OPTIMIZERS)
+
+    def _buffer_values(self, update: list[np.ndarray]) -> list[np.ndarray]:
+        """The buffers of one client's update (kept for :meth:`_average_buffers`, not the whole model)."""
+        assert self.buffers is not None
+        return [array for array, is_buffer in zip(update, self.buffers, strict=True) if is_buffer]
+
+    def _average_buffers(
+        self, arrays: ArrayRecord, clients: list[tuple[int, list[np.ndarray]]]
+    ) -> ArrayRecord:
+        """``arrays`` with every buffer replaced by the examples-weighted mean of the clients' values.
+
+        ``clients``: per accepted client, its number of examples and its buffer values
+        (:meth:`_buffer_values`).
+        """
         assert self.buffers is not None
         model = self._model_arrays(arrays)
-        updates = [self._model_arrays(next(iter(m.content.array_records.values()))) for m in replies]
-        examples = np.array([self._client_from_reply(0, m).examples or 0 for m in replies], dtype=np.float64)
-        shares = examples / examples.sum() if examples.sum() > 0 else np.full(len(replies), 1 / len(replies))
-        for index, is_buffer in enumerate(self.buffers):
-            if not is_buffer:
-                continue
+        examples = np.array([count for count, _ in clients], dtype=np.float64)
+        shares = examples / examples.sum() if examples.sum() > 0 else np.full(len(clients), 1 / len(clients))
+        indices = [index for index, is_buffer in enumerate(self.buffers) if is_buffer]
+        for position, index in enumerate(indices):
             mean = sum(
-                share * update[index].astype(np.float64)
-                for share, update in zip(shares, updates, strict=True)
+                share * values[position].astype(np.float64)
+                for share, (_, values) in zip(shares, clients, strict=True)
             )
             dtype = self._reference[index].dtype  # the model's own dtype (aggregation gives float64)
             model[index] = np.asarray(mean if dtype.kind == "f" else np.rint(mean)).astype(dtype)
