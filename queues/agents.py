@@ -29,6 +29,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from queues.definitions import ensure_queue
+
 LOG = logging.getLogger(__name__)
 
 #: Variables by which the ClearML SDK marks a process (and its children) as belonging to a task that
@@ -145,7 +147,7 @@ def start_agents(
     """Start ``count`` ``clearml-agent daemon --queue <queue>`` processes (detached).
 
     Args:
-        queue: queue the daemons serve (created by the daemon if missing).
+        queue: queue the daemons serve (created first if missing).
         count: how many daemons (each runs one task at a time).
         python: the environment the tasks run in (default: this process' Python, i.e. ``.venv``).
         state_dir: parent of the agents' folders (default :func:`agents_dir`).
@@ -160,6 +162,9 @@ def start_agents(
     if not queue or not queue.strip():
         raise AgentError("--queue: a queue name is required")
     binary = find_agent_binary()
+    # Created here, once: daemons started together with ``--create-queue`` race, and every one that
+    # loses exits with "Queue with this name already exists" (seen in CI with two client agents).
+    ensure_queue(queue)
     python = Path(python or sys.executable)
     folder_root = Path(state_dir) if state_dir else agents_dir()
     host = socket.gethostname().split(".")[0] or "localhost"
@@ -183,7 +188,7 @@ def start_agents(
             **(extra_env or {}),
         }
         env.pop("VIRTUAL_ENV", None)  # the agent must not think it runs inside the project's venv
-        argv = [str(binary), "--config-file", str(conf), "daemon", "--queue", queue, "--create-queue"]
+        argv = [str(binary), "--config-file", str(conf), "daemon", "--queue", queue]
         with open(folder / "agent.log", "ab") as log:
             process = subprocess.Popen(
                 argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -97,7 +97,14 @@ def ensure_queue(name: str) -> tuple[str, bool]:
     existing = find_queue_id(name)
     if existing:
         return existing, False
-    reply = APIClient().queues.create(name=name)
+    try:
+        reply = APIClient().queues.create(name=name)
+    except Exception:
+        # another process created it between the lookup and the create ("already exists", 400/709)
+        created_elsewhere = find_queue_id(name)
+        if created_elsewhere:
+            return created_elsewhere, False
+        raise
     return reply.id, True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,15 @@ def test_queues_create_is_idempotent(clearml_server, repo_root: Path) -> None:
 
 @pytest.mark.slow
 def test_agents_start_visible_as_workers_and_gone_after_stop(clearml_server, tmp_path: Path) -> None:
-    records = start_agents("fl-clients", count=2, state_dir=tmp_path)
+    queue = f"fl-clients-{uuid.uuid4().hex[:6]}"  # new: the two daemons must not race to create it
+    records = start_agents(queue, count=2, state_dir=tmp_path)
     try:
         ids = [record.worker_id for record in records]
         assert len(set(ids)) == 2
         assert wait_for_workers(ids, timeout_s=90), "\n".join(record.log()[-1500:] for record in records)
         assert {record.worker_id for record in list_agents(tmp_path)} == set(ids)
         assert all(record.alive() for record in records)
+        assert _queue_names().count(queue) == 1
     finally:
         stopped = stop_agents(state_dir=tmp_path)
     assert {record.worker_id for record in stopped} == set(ids)
