@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def comma_list(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated flag value."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def union_data_yaml(data_dir: Path, clients: int, out: Path) -> Path:
     """A ``data.yaml`` whose train split is every client shard and whose val split is ``eval``."""
     import yaml
@@ -149,7 +154,7 @@ def central_baselines(config: Any, clients: int, which: str) -> dict[str, dict[s
         "same_batch": {"batch": config.batch, "nbs": config.nbs},
         "data_parallel": {"batch": config.batch * clients, "nbs": config.nbs * clients},
     }
-    names = [name.strip() for name in which.split(",") if name.strip() and name.strip() != "none"]
+    names = [name for name in comma_list(which) if name != "none"]
     unknown = sorted(set(names) - set(options))
     if unknown:
         raise SystemExit(f"--central: unknown baseline {unknown[0]!r} (choose from {', '.join(options)})")
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     centrals: dict[tuple[str, ...], dict[str, Any]] = {}
     central_split: dict[tuple[str, ...], str] = {}
-    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+    for split in comma_list(args.splits):
         kind = "iid" if split == "iid" else "non-iid"
         data_dir = out / f"data-{split.replace(':', '-')}"
         partition = prepare(
@@ -235,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         strategies = args.iid_strategies if kind == "iid" else args.non_iid_strategies
         runs = [
             (strategy, state)
-            for strategy in [s.strip() for s in strategies.split(",") if s.strip()]
-            for state in [s.strip() for s in args.optimizer_states.split(",") if s.strip()]
+            for strategy in comma_list(strategies)
+            for state in comma_list(args.optimizer_states)
         ]
         for strategy, state in runs:
             name = strategy if state == "reset" else f"{strategy}+{state}"
