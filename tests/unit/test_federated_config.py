@@ -46,6 +46,7 @@ def test_set_overrides_and_save_load(tmp_path: Path) -> None:
         (["rounds=2.5"], "rounds"),
         (["strategy=fedsgd"], "strategy"),
         (["send_weights=fp16"], "send_weights"),
+        (["optimizer_state=sometimes"], "optimizer_state"),
         (["lr0=0"], "lr0"),
         (["fraction=1.5"], "fraction"),
         (["trim_beta=0.7"], "trim_beta"),
