@@ -16,15 +16,27 @@ nodes; a large fleet should keep Flower's 3 s (config ``poll_interval: 3``).
 
 ``python -m federated.flower_polling --poll-interval S -- <flower-supernode args>`` starts a
 SuperNode with the patch (what :func:`federated.deployment.start_supernode` runs).
+
+The same wrapper also bounds a round by its timeout, which Flower 1.42's ``HttpGrid`` does not: a
+reply's message reaches the SuperLink before its objects (the weights), and
+``HttpGrid.pull_messages`` waits for a pulled reply's objects with ``pull_objects``' defaults (up to
+2 h, in practice until the SuperLink drops the sender's object-push session after 180 s). A client
+that dies while uploading its reply therefore blocked the ServerApp past ``round_timeout``, and
+``send_and_receive`` then returned without pulling the replies of the clients that did finish: the
+round failed with no usable update. :class:`PromptGrid` passes the time left in the round to those
+object pulls (:func:`_deadline_bounded_pull_objects`) and, when a pull ran past the deadline, pulls
+once more for replies that are already complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 import time
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flwr.app import Message, RecordDict
@@ -33,9 +45,58 @@ from flwr.supercore import log as flwr_log
 
 from federated.config import FLOWER_POLL_INTERVAL
 
+#: When the pull in progress must give up waiting for a reply's objects (``time.monotonic()``).
+_PULL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "fleetfl_pull_deadline", default=None
+)
+
+
+def _deadline_bounded_pull_objects(
+    flower_pull_objects: Callable[..., dict[str, bytes]],
+) -> Callable[..., dict[str, bytes]]:
+    """``flower_pull_objects`` with ``max_time`` set to the time left before :data:`_PULL_DEADLINE`.
+
+    Without a deadline (any caller outside :meth:`PromptGrid.send_and_receive`) Flower's defaults
+    apply unchanged. Past the deadline ``max_time`` is 0: objects already uploaded are still pulled,
+    one that is not there yet fails at once (Flower turns that into an error reply).
+    """
+
+    def pull_objects(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+        deadline = _PULL_DEADLINE.get()
+        if deadline is not None:
+            kwargs["max_time"] = max(0.0, deadline - time.monotonic())
+        return flower_pull_objects(*args, **kwargs)
+
+    pull_objects.fleetfl_bounded = True  # type: ignore[attr-defined]
+    return pull_objects
+
+
+def bound_reply_object_pulls() -> None:
+    """Make Flower's ``HttpGrid.pull_messages`` honour :class:`PromptGrid`'s round deadline (idempotent).
+
+    Flower 1.42 bug worked around here (see the module docstring): ``HttpGrid.pull_messages`` calls
+    ``pull_objects`` without a time limit. Only the name ``pull_objects`` inside
+    ``flwr.superlink.grid.http_grid`` is replaced; nothing else in Flower changes.
+    """
+    from flwr.superlink.grid import http_grid
+
+    if not getattr(http_grid.pull_objects, "fleetfl_bounded", False):
+        http_grid.pull_objects = _deadline_bounded_pull_objects(http_grid.pull_objects)
+
+
+@contextlib.contextmanager
+def _pull_deadline(deadline: float | None) -> Iterator[None]:
+    token = _PULL_DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _PULL_DEADLINE.reset(token)
+
 
 class PromptGrid(Grid):
-    """A Grid that waits for replies with a short poll interval; everything else is the wrapped grid's.
+    """A Grid that waits for replies with a short poll interval and within the round's timeout.
+
+    Everything but ``send_and_receive`` is the wrapped grid's.
 
     Args:
         grid: the Grid Flower gave the ServerApp.
@@ -47,6 +108,7 @@ class PromptGrid(Grid):
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         self.inner = grid
         self.poll_interval = float(poll_interval)
+        bound_reply_object_pulls()
 
     def set_run(self, run: Any) -> None:
         """Set the run (delegated)."""
@@ -90,45 +152,49 @@ class PromptGrid(Grid):
         """Push ``messages`` and pull their replies every ``poll_interval`` until all came or ``timeout``.
 
         The same contract as Flower's ``Grid.send_and_receive``: replies that arrived in time are
-        returned, missing ones are simply absent.
+        returned, missing ones are simply absent. Waiting for a reply's objects ends at the deadline
+        too (that reply comes back as an error message); the last pull starts at or after the
+        deadline, so replies completed while an earlier pull was waiting are not lost.
         """
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
-            received = list(self.pull_messages(pending))
+            last = deadline is not None and time.monotonic() >= deadline
+            with _pull_deadline(deadline):
+                received = list(self.pull_messages(pending))
             replies.extend(received)
             pending.difference_update(m.metadata.reply_to_message_id for m in received)
-            if not pending:
+            if not pending or last:
                 break
             wait = (
                 self.poll_interval
                 if deadline is None
                 else min(self.poll_interval, deadline - time.monotonic())
             )
-            if wait <= 0:
-                break
-            time.sleep(wait)
+            time.sleep(max(0.0, wait))
         return replies
 
 
 def prompt_grid(grid: Grid, poll_interval: float) -> Grid:
-    """``grid`` wrapped in :class:`PromptGrid` when it is Flower's ``HttpGrid`` (fixed 3 s polls).
+    """``grid`` wrapped in :class:`PromptGrid` when it is Flower's ``HttpGrid`` (the Deployment Engine).
 
-    Other grids are returned unchanged: the Simulation Engine's ``InMemoryGrid`` already polls every
-    0.1 s, and ``poll_interval >= 3`` keeps Flower's own behaviour.
+    Every ``HttpGrid`` is wrapped, ``poll_interval >= 3`` included (Flower's own interval), because
+    the wrapper also keeps the round within its timeout. Other grids are returned unchanged: the
+    Simulation Engine's ``InMemoryGrid`` polls every 0.1 s and holds no separately uploaded objects.
     """
     from flwr.superlink.grid import HttpGrid
 
-    if poll_interval >= FLOWER_POLL_INTERVAL or not isinstance(grid, HttpGrid):
+    if not isinstance(grid, HttpGrid):
         return grid
-    # Flower's own logger: its records reach the run's log (``flwr log``), this module's would not.
-    flwr_log(
-        logging.INFO,
-        "ServerApp: polling for replies every %.2f s (Flower's HttpGrid: %.0f s)",
-        poll_interval,
-        FLOWER_POLL_INTERVAL,
-    )
+    if poll_interval < FLOWER_POLL_INTERVAL:
+        # Flower's own logger: its records reach the run's log (``flwr log``), this module's would not.
+        flwr_log(
+            logging.INFO,
+            "ServerApp: polling for replies every %.2f s (Flower's HttpGrid: %.0f s)",
+            poll_interval,
+            FLOWER_POLL_INTERVAL,
+        )
     return PromptGrid(grid, poll_interval)
 
 
