@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     FedAdam,
@@ -47,6 +47,7 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from federated.config import FederatedConfig
 from federated.transport import PackError, pack, unpack
@@ -60,6 +61,20 @@ METRIC_SECONDS = "train-seconds"
 METRIC_HANDLER_SECONDS = "clientapp-seconds"  # the whole train message in the ClientApp (set-up included)
 METRIC_PARTITION = "partition-id"
 METRIC_RESUMED_STEPS = "resumed-optimizer-steps"  # steps the client's kept optimizer state carried in
+#: Per-client facts that have no meaningful mean across clients (``metrics.jsonl`` keeps each value).
+PER_CLIENT_METRICS = (METRIC_PARTITION, METRIC_RESUMED_STEPS)
+
+
+def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
+    """Flower's examples-weighted mean of the clients' train metrics, without :data:`PER_CLIENT_METRICS`.
+
+    Flower's strategies log this record every round; its default averages every key, which printed
+    means of partition ids. Passed to every strategy as ``train_metrics_aggr_fn``.
+    """
+    metrics = aggregate_metricrecords(records, weighting_metric_name)
+    for key in PER_CLIENT_METRICS:
+        metrics.pop(key, None)
+    return metrics
 
 
 #: Flower strategies that apply a server-side optimizer to the averaged update (pseudo-gradient).
@@ -82,6 +97,7 @@ def build_strategy(config: FederatedConfig) -> Strategy:
         "min_train_nodes": config.min_clients,
         "min_evaluate_nodes": 0,
         "min_available_nodes": config.min_clients,
+        "train_metrics_aggr_fn": aggregate_train_metrics,
     }
     fedopt = {
         "eta": config.fedopt_eta,

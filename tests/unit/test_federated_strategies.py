@@ -27,6 +27,7 @@ from federated.strategies import (
     METRIC_SECONDS,
     GuardedStrategy,
     RoundFailedError,
+    aggregate_train_metrics,
     build_strategy,
     check_update,
     payload_bytes,
@@ -115,6 +116,8 @@ def test_fedavg_is_the_example_weighted_mean() -> None:
             for u, e in zip(updates, examples, strict=True)
         )
         np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+    assert metrics[METRIC_LOSS] == pytest.approx(0.5)  # Flower's weighted mean of the train metrics
+    assert METRIC_PARTITION not in metrics  # per-client facts are not averaged (no "partition-id 1.5")
     record = strategy.current
     assert record is not None and [c.partition_id for c in record.clients] == [0, 1, 2]
     serialized = payload_bytes(ArrayRecord(_global()))  # numpy .npy bytes: data plus a small header
@@ -187,6 +190,7 @@ def test_every_strategy_is_flowers_own_class(name: str, cls: type) -> None:
     strategy = build_strategy(FederatedConfig(strategy=name, min_clients=3))
     assert type(strategy) is cls
     assert strategy.min_train_nodes == 3 and strategy.fraction_evaluate == 0.0
+    assert strategy.train_metrics_aggr_fn is aggregate_train_metrics
 
 
 def test_fedprox_sends_mu_and_fedavgm_state_survives_export() -> None:
