@@ -152,11 +152,22 @@ class PromptGrid(Grid):
         """Push ``messages`` and pull their replies every ``poll_interval`` until all came or ``timeout``.
 
         The same contract as Flower's ``Grid.send_and_receive``: replies that arrived in time are
-        returned, missing ones are simply absent. Waiting for a reply's objects ends at the deadline
+        returned, missing ones are simply absent (as are replies to messages the SuperLink refused
+        to store). Waiting for a reply's objects ends at the deadline
         too (that reply comes back as an error message); the last pull starts at or after the
         deadline, so replies completed while an earlier pull was waiting are not lost.
         """
-        pending = set(self.push_messages(messages))
+        pushed = list(self.push_messages(messages))
+        # The SuperLink answers "" for a message it did not store (e.g. its node is gone); Flower
+        # 1.42's HttpGrid checks for None instead and would wait for that reply until the timeout.
+        pending = {message_id for message_id in pushed if message_id}
+        if len(pending) < len(pushed):
+            flwr_log(
+                logging.WARNING,
+                "ServerApp: the SuperLink refused %d of %d message(s); no reply is awaited for them",
+                len(pushed) - len(pending),
+                len(pushed),
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:

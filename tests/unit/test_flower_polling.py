@@ -134,10 +134,11 @@ class InMemoryRuntimeApi:
     The reply to the i-th pushed message appears ``delays[i]`` seconds after the push, sent by the
     destination node. As on a SuperLink, a reply's message is visible before its objects: with
     ``uploaded[i]`` false the objects stay registered but never arrive (the sender died uploading).
+    Messages whose index is in ``refused`` are not stored (their id comes back as ``""``).
     """
 
-    def __init__(self, delays: list[float], uploaded: list[bool]) -> None:
-        self.delays, self.uploaded = delays, uploaded
+    def __init__(self, delays: list[float], uploaded: list[bool], refused: tuple[int, ...] = ()) -> None:
+        self.delays, self.uploaded, self.refused = delays, uploaded, refused
         self.lock = threading.Lock()
         self.replies: dict[str, Message] = {}  # instruction id -> its reply, until pulled
         self.objects: dict[str, bytes | None] = {}  # object id -> content (None: not uploaded)
@@ -145,6 +146,9 @@ class InMemoryRuntimeApi:
     def PushMessages(self, request: Any) -> PushAppMessagesResponse:
         ids = []
         for index, proto in enumerate(request.messages_list):
+            if index in self.refused:  # not stored, e.g. its node is gone: the SuperLink answers ""
+                ids.append("")
+                continue
             ids.append(proto.metadata.message_id)
             timer = threading.Timer(self.delays[index], self._reply, args=(index, proto.metadata))
             timer.daemon = True
@@ -280,3 +284,12 @@ def test_launcher_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> N
     assert fp.main(["--superlink", "127.0.0.1:1"]) == 2
     assert fp.main(["--poll-interval", "abc", "--", "--insecure"]) == 2
     assert "--poll-interval" in capsys.readouterr().err
+
+
+def test_a_message_the_superlink_refused_is_not_awaited(server_app_identity: None) -> None:
+    runtime = InMemoryRuntimeApi(delays=[0.1, 0.1], uploaded=[True, True], refused=(0,))
+    grid = fp.PromptGrid(_http_grid(runtime), poll_interval=0.05)
+    start = time.monotonic()
+    replies = list(grid.send_and_receive(_train_messages((11, 12)), timeout=30.0))
+    assert time.monotonic() - start < 5.0  # not the 30 s timeout: nothing waits for message 0
+    assert [r.metadata.src_node_id for r in replies] == [12]
