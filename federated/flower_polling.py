@@ -1,4 +1,5 @@
-"""Shorter message polling for Flower 1.42's Deployment Engine, wrapped in this one module.
+"""Flower 1.42's Deployment Engine messaging, wrapped in this one module: shorter polls, and
+rounds that end at their timeout.
 
 Flower 1.42 polls the SuperLink at fixed, hard-coded intervals (a limitation, not configurable):
 
@@ -153,9 +154,9 @@ class PromptGrid(Grid):
 
         The same contract as Flower's ``Grid.send_and_receive``: replies that arrived in time are
         returned, missing ones are simply absent (as are replies to messages the SuperLink refused
-        to store). Waiting for a reply's objects ends at the deadline
-        too (that reply comes back as an error message); the last pull starts at or after the
-        deadline, so replies completed while an earlier pull was waiting are not lost.
+        to store). Waiting for a reply's objects ends at the deadline too (that reply comes back as
+        an error message); the last pull starts at or after the deadline, so replies completed
+        while an earlier pull was waiting are not lost.
         """
         pushed = list(self.push_messages(messages))
         # The SuperLink answers "" for a message it did not store (e.g. its node is gone); Flower
