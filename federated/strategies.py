@@ -6,7 +6,9 @@ long-running federated job needs around it, without touching the aggregation mat
 
 * **update guard**: a reply whose arrays hold NaN/Inf, have the wrong shapes, or whose update
   (reply minus the round's global weights) has an L2 norm above ``max_update_norm`` is rejected and
-  logged; the round goes on with the others;
+  logged, as is one whose records or metrics differ from what a FleetFL client sends
+  (:func:`check_reply_layout`; ``num-examples`` must be a whole number >= 1); the round goes on
+  with the others;
 * **minimum clients**: fewer than ``min_clients`` usable replies (failed, timed out or rejected)
   stop the run with :class:`RoundFailedError` before anything of that round is written;
 * **deterministic order**: replies are sorted by the client's partition id before aggregation, so
@@ -63,6 +65,18 @@ METRIC_PARTITION = "partition-id"
 METRIC_RESUMED_STEPS = "resumed-optimizer-steps"  # steps the client's kept optimizer state carried in
 #: Per-client facts that have no meaningful mean across clients (``metrics.jsonl`` keeps each value).
 PER_CLIENT_METRICS = (METRIC_PARTITION, METRIC_RESUMED_STEPS)
+#: Every key of a train reply's MetricRecord (what :mod:`federated.client_app` sends).
+TRAIN_METRICS = (
+    METRIC_EXAMPLES,
+    METRIC_LOSS,
+    METRIC_SECONDS,
+    METRIC_HANDLER_SECONDS,
+    METRIC_PARTITION,
+    METRIC_RESUMED_STEPS,
+)
+#: Record names in a train reply: one ArrayRecord (the weights) and one MetricRecord.
+REPLY_ARRAYS = "arrays"
+REPLY_METRICS = "metrics"
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
@@ -132,6 +146,38 @@ def build_strategy(config: FederatedConfig) -> Strategy:
 def payload_bytes(record: ArrayRecord) -> int:
     """Serialized bytes of the arrays in ``record`` (numpy ``.npy`` data; message framing not counted)."""
     return sum(len(array.data) for array in record.values())
+
+
+def check_reply_layout(content: RecordDict, array_keys: list[str]) -> str | None:
+    """Why a train reply cannot be aggregated with the others, or ``None`` when it can.
+
+    Flower 1.42's strategies check that all replies of a round have the same records and keys
+    (``validate_message_reply_consistency``) and raise ``InconsistentMessageReplies`` for the whole
+    round when one differs; a zero or negative ``num-examples`` would silently turn the weighted
+    mean into NaN or a wrong sign. One such reply is rejected here instead, naming what is wrong.
+
+    Args:
+        content: the reply's records.
+        array_keys: the keys of the ArrayRecord sent to the clients this round.
+    """
+    if list(content.array_records) != [REPLY_ARRAYS]:
+        return f"ArrayRecords {sorted(content.array_records)}, expected one named {REPLY_ARRAYS!r}"
+    if list(content.array_records[REPLY_ARRAYS].keys()) != array_keys:
+        return f"the {REPLY_ARRAYS!r} record's array names differ from those sent to the client"
+    if list(content.metric_records) != [REPLY_METRICS]:
+        return f"MetricRecords {sorted(content.metric_records)}, expected one named {REPLY_METRICS!r}"
+    metrics = content.metric_records[REPLY_METRICS]
+    missing = sorted(set(TRAIN_METRICS) - set(metrics))
+    unexpected = sorted(set(metrics) - set(TRAIN_METRICS))
+    if missing or unexpected:
+        return f"metrics: missing {missing}, unexpected {unexpected}"
+    for key, value in metrics.items():
+        if isinstance(value, list):
+            return f"metric {key!r} is a list, expected one number"
+    examples = metrics[METRIC_EXAMPLES]
+    if not (math.isfinite(examples) and examples >= 1 and float(examples).is_integer()):
+        return f"metric {METRIC_EXAMPLES!r} is {examples!r}, expected a whole number >= 1"
+    return None
 
 
 def check_update(
@@ -239,6 +285,7 @@ class GuardedStrategy(Strategy):
         self.round_offset = round_offset
         self.current: RoundRecord | None = None
         self._reference: list[np.ndarray] = []
+        self._array_keys: list[str] = []  # names in the ArrayRecord sent this round
         #: Weights the next round starts from instead of the last aggregate (a rolled-back round).
         self.restore: ArrayRecord | None = None
 
@@ -254,6 +301,7 @@ class GuardedStrategy(Strategy):
                 self.inner.current_arrays = arrays  # FedAvgM keeps its own copy of the global weights
         self.current = RoundRecord(server_round=true_round)
         self._reference = self._model_arrays(arrays)
+        self._array_keys = list(arrays.keys())
         messages = list(self.inner.configure_train(true_round, arrays, config, grid))
         self.current.bytes_sent = sum(
             payload_bytes(record) for message in messages for record in message.content.array_records.values()
@@ -277,19 +325,19 @@ class GuardedStrategy(Strategy):
                 LOG.warning("round %d: client node %d failed: %s", true_round, node_id, reason)
                 record.clients.append(ClientRound(node_id=node_id, status="failed", reason=reason))
                 continue
-            client = self._client_from_reply(node_id, message)
             record.bytes_received += sum(payload_bytes(r) for r in message.content.array_records.values())
-            records = list(message.content.array_records.values())
-            if len(records) != 1:
-                norm, reason = math.nan, f"{len(records)} ArrayRecords in the reply, expected 1"
+            reason = check_reply_layout(message.content, self._array_keys)
+            if reason is not None:
+                client = ClientRound(node_id=node_id, status="ok")
             else:
+                client = self._client_from_reply(node_id, message)
                 try:
-                    update = self._model_arrays(records[0])
+                    update = self._model_arrays(message.content.array_records[REPLY_ARRAYS])
                 except PackError as exc:
-                    norm, reason = math.nan, str(exc)
+                    reason = str(exc)
                 else:
                     norm, reason = check_update(update, self._reference, self.max_update_norm)
-            client.update_norm = None if math.isnan(norm) else norm
+                    client.update_norm = None if math.isnan(norm) else norm
             if reason is not None:
                 LOG.warning(
                     "round %d: rejected the update of client node %d: %s", true_round, node_id, reason

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
@@ -22,9 +23,12 @@ from flwr.serverapp.strategy import (
 from federated.config import STRATEGIES, FederatedConfig
 from federated.strategies import (
     METRIC_EXAMPLES,
+    METRIC_HANDLER_SECONDS,
     METRIC_LOSS,
     METRIC_PARTITION,
+    METRIC_RESUMED_STEPS,
     METRIC_SECONDS,
+    TRAIN_METRICS,
     GuardedStrategy,
     RoundFailedError,
     aggregate_train_metrics,
@@ -70,13 +74,22 @@ def _global() -> list[np.ndarray]:
     return [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32), np.array(7)]
 
 
-def _reply(node_id: int, arrays: list[np.ndarray], examples: int, partition: int) -> Message:
+def _reply(node_id: int, arrays: list[np.ndarray], examples: float, partition: int) -> Message:
+    """A train reply laid out as FleetFL's ClientApp sends it."""
     instruction = Message(
         RecordDict({"config": ConfigRecord()}), dst_node_id=node_id, message_type=MessageType.TRAIN
     )
     metrics = MetricRecord(
-        {METRIC_EXAMPLES: examples, METRIC_LOSS: 0.5, METRIC_SECONDS: 1.0, METRIC_PARTITION: partition}
+        {
+            METRIC_EXAMPLES: examples,
+            METRIC_LOSS: 0.5,
+            METRIC_SECONDS: 1.0,
+            METRIC_HANDLER_SECONDS: 1.5,
+            METRIC_PARTITION: partition,
+            METRIC_RESUMED_STEPS: 0,
+        }
     )
+    assert set(metrics) == set(TRAIN_METRICS)
     return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=instruction)
 
 
@@ -138,6 +151,68 @@ def test_nan_update_is_rejected_and_the_round_goes_on(caplog: pytest.LogCaptureF
     statuses = {c.node_id: (c.status, c.reason) for c in strategy.current.clients}
     assert statuses[2][0] == "rejected" and "NaN" in statuses[2][1]
     assert "rejected the update of client node 2" in caplog.text
+
+
+def _renamed_arrays(content: RecordDict) -> None:
+    content["weights"] = content.pop("arrays")
+
+
+def _extra_metric_record(content: RecordDict) -> None:
+    content["more"] = MetricRecord({"x": 1.0})
+
+
+def _missing_examples(content: RecordDict) -> None:
+    del content["metrics"][METRIC_EXAMPLES]
+
+
+def _extra_metric(content: RecordDict) -> None:
+    content["metrics"]["debug"] = 1.0
+
+
+def _list_metric(content: RecordDict) -> None:
+    content["metrics"][METRIC_LOSS] = [0.5, 0.4]
+
+
+def _renamed_array(content: RecordDict) -> None:
+    arrays = content["arrays"]
+    arrays["other"] = arrays.pop(next(iter(arrays.keys())))
+
+
+@pytest.mark.parametrize(
+    ("damage", "examples", "reason"),
+    [
+        (_renamed_arrays, 10, "expected one named 'arrays'"),
+        (_renamed_array, 10, "array names differ"),
+        (_extra_metric_record, 10, "expected one named 'metrics'"),
+        (_missing_examples, 10, "missing ['num-examples']"),
+        (_extra_metric, 10, "unexpected ['debug']"),
+        (_list_metric, 10, "'train-loss' is a list"),
+        (None, 0, "'num-examples' is 0"),
+        (None, -20, "'num-examples' is -20"),
+        (None, 2.5, "'num-examples' is 2.5"),
+        (None, float("nan"), "'num-examples' is nan"),
+    ],
+)
+def test_a_malformed_reply_is_rejected_and_the_round_goes_on(damage, examples, reason) -> None:
+    """Flower raises for the whole round when one reply's records differ; the guard drops that one."""
+    good_a, bad, good_b = _updates()
+    replies = [_reply(1, good_a, 10, 0), _reply(2, bad, examples, 1), _reply(3, good_b, 30, 2)]
+    if damage is not None:
+        damage(replies[1].content)
+    if damage is not None and damage is not _list_metric:  # Flower's own strategy fails the round
+        plain = build_strategy(FederatedConfig(min_clients=2))
+        with pytest.raises(InconsistentMessageReplies):
+            plain.aggregate_train(1, replies)
+
+    strategy = GuardedStrategy(build_strategy(FederatedConfig(min_clients=2)), min_clients=2)
+    _start_round(strategy, [1, 2, 3])
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    expected = (10 * good_a[0].astype(np.float64) + 30 * good_b[0]) / 40
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], expected, rtol=1e-6)
+    rejected = [c for c in strategy.current.clients if c.status == "rejected"]
+    assert [c.node_id for c in rejected] == [2]
+    assert reason in rejected[0].reason
 
 
 def test_norm_bound_rejects_large_updates() -> None:
