@@ -34,6 +34,8 @@ from federated.strategies import (  # noqa: E402
     METRIC_PARTITION,
     METRIC_RESUMED_STEPS,
     METRIC_SECONDS,
+    REPLY_ARRAYS,
+    REPLY_METRICS,
 )
 from federated.transport import pack, unpack  # noqa: E402
 
@@ -122,7 +124,7 @@ def train(message: Message, context: Context) -> Message:
             METRIC_RESUMED_STEPS: result.resumed_steps,
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(packed), "metrics": metrics})
+    content = RecordDict({REPLY_ARRAYS: ArrayRecord(packed), REPLY_METRICS: metrics})
     return Message(content=content, reply_to=message)
 
 
@@ -135,4 +137,4 @@ def evaluate(message: Message, context: Context) -> Message:
     result = yolo_task.evaluate(_global_weights(message, config, data_yaml), data_yaml, config)
     examples = yolo_task.count_images(data_yaml, split="val")
     metrics = MetricRecord({"map50": result.map50, "map50_95": result.map50_95, METRIC_EXAMPLES: examples})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
+    return Message(content=RecordDict({REPLY_METRICS: metrics}), reply_to=message)

@@ -328,7 +328,7 @@ class GuardedStrategy(Strategy):
             record.bytes_received += sum(payload_bytes(r) for r in message.content.array_records.values())
             reason = check_reply_layout(message.content, self._array_keys)
             if reason is not None:
-                client = ClientRound(node_id=node_id, status="ok")
+                client = ClientRound(node_id=node_id, status="rejected")
             else:
                 client = self._client_from_reply(node_id, message)
                 try:
@@ -408,23 +408,17 @@ class GuardedStrategy(Strategy):
 
     @staticmethod
     def _client_from_reply(node_id: int, message: Message) -> ClientRound:
-        metrics: dict[str, Any] = {}
-        for metric_record in message.content.metric_records.values():
-            metrics.update(metric_record)
-        partition = metrics.get(METRIC_PARTITION)
+        """The client's facts from a reply that passed :func:`check_reply_layout` (every key is there)."""
+        metrics = message.content.metric_records[REPLY_METRICS]
         return ClientRound(
             node_id=node_id,
             status="ok",
-            partition_id=int(partition) if partition is not None else None,
-            examples=int(metrics[METRIC_EXAMPLES]) if METRIC_EXAMPLES in metrics else None,
-            train_loss=float(metrics[METRIC_LOSS]) if METRIC_LOSS in metrics else None,
-            train_seconds=float(metrics[METRIC_SECONDS]) if METRIC_SECONDS in metrics else None,
-            clientapp_seconds=(
-                float(metrics[METRIC_HANDLER_SECONDS]) if METRIC_HANDLER_SECONDS in metrics else None
-            ),
-            resumed_optimizer_steps=(
-                int(metrics[METRIC_RESUMED_STEPS]) if METRIC_RESUMED_STEPS in metrics else None
-            ),
+            partition_id=int(metrics[METRIC_PARTITION]),
+            examples=int(metrics[METRIC_EXAMPLES]),
+            train_loss=float(metrics[METRIC_LOSS]),
+            train_seconds=float(metrics[METRIC_SECONDS]),
+            clientapp_seconds=float(metrics[METRIC_HANDLER_SECONDS]),
+            resumed_optimizer_steps=int(metrics[METRIC_RESUMED_STEPS]),
         )
 
     # -- evaluation and summary: delegated

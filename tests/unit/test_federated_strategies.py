@@ -199,7 +199,8 @@ def test_a_malformed_reply_is_rejected_and_the_round_goes_on(damage, examples, r
     replies = [_reply(1, good_a, 10, 0), _reply(2, bad, examples, 1), _reply(3, good_b, 30, 2)]
     if damage is not None:
         damage(replies[1].content)
-    if damage is not None and damage is not _list_metric:  # Flower's own strategy fails the round
+    # Flower's own strategy fails the round (it checks only the weighting key for lists)
+    if damage is not None and damage is not _list_metric:
         plain = build_strategy(FederatedConfig(min_clients=2))
         with pytest.raises(InconsistentMessageReplies):
             plain.aggregate_train(1, replies)
