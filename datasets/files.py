@@ -3,8 +3,9 @@
 Every reader goes through these functions, so each class of bad file gets the same one-line
 :class:`~datasets.errors.FileProblem` naming the file (and the line where there is one): bytes that
 are not UTF-8, a folder or a symlink loop where a file should be, an unreadable file, JSON or YAML
-that is invalid or nested deeper than the parser can follow, an image that is cut short, not an
-image, or so large that decoding it would exhaust memory (a decompression bomb).
+that is invalid or nested deeper than the parser can follow, YAML aliases (which can expand
+without bound), an image that is cut short, not an image, or so large that decoding it would
+exhaust memory (a decompression bomb).
 """
 
 from __future__ import annotations
@@ -59,11 +60,24 @@ def read_json(path: Path, what: str = "file") -> object:
         raise FileProblem(path, "JSON nested too deeply to parse (lists/objects inside each other)") from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: nine ``*name`` references of nine each expand to a
+    billion values once the data is walked or printed ("billion laughs"), which stalls the reader;
+    data.yaml files and class maps never need them."""
+
+    def compose_node(self, parent: object, index: object) -> object:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path, what: str = "file") -> object:
-    """The parsed YAML of ``path`` (``yaml.safe_load``; problems as in :func:`read_json`)."""
+    """The parsed YAML of ``path`` (safe types, no aliases; problems as in :func:`read_json`)."""
     text = read_text(path, what)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: safe types only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -157,6 +157,7 @@ def test_user_map_on_top_of_default(make_yolo, tmp_path: Path) -> None:
     [("car: plane\n", r"map\.yaml: field 'car': unknown canonical class 'plane'"),
      ("[car, truck]\n", "must be a non-empty mapping"),
      ("car: [unclosed\n", r"map\.yaml:2: not valid YAML"),
+     ("Car: &c car\nVan: *c\n", r"map\.yaml:2: not valid YAML \(aliases \(\*name\) are not accepted\)"),
      ("classes: [a, a]\nmap: {}\n", "lists a class twice"),
      ("classes: [a]\nmap: {x: b}\n", r"field 'map\.x': unknown canonical class 'b'")],
 )  # fmt: skip

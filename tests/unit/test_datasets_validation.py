@@ -88,6 +88,14 @@ def _symlink_loop(rel: str) -> Callable[[Path], None]:
     return mutate
 
 
+def _yaml_alias_bomb(root: Path) -> None:
+    """Append a "billion laughs" to data.yaml: 9 levels of 9 aliases each (9**9 names once expanded)."""
+    levels = ["bomb0: &bomb0 [" + ", ".join(["car"] * 9) + "]"]
+    levels += [f"bomb{i}: &bomb{i} [" + ", ".join([f"*bomb{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    with (root / "data.yaml").open("a") as out:
+        out.write("\n".join(levels) + "\n")
+
+
 def _bdd_label(frame: int, label: int, **update) -> Callable[[Path], None]:
     return lambda root: _bdd(root, lambda f: f[frame]["labels"][label].update(update))
 
@@ -151,6 +159,8 @@ CASES: dict[str, Case] = {
                             r"v1\.jpg: image too large to decode safely"),
     "yolo_label_not_utf8": Case("yolo", _bad_bytes("train/labels/t1.txt", 2), r"t1\.txt:2: not UTF-8 text"),
     "yolo_yaml_not_utf8": Case("yolo", _bad_bytes("data.yaml", 3), r"data\.yaml:3: not UTF-8 text", False),
+    "yolo_yaml_alias_bomb": Case("yolo", _yaml_alias_bomb,
+                                 r"data\.yaml:\d+: not valid YAML \(aliases \(\*name\)", False),
     "yolo_deep_attributes": Case("yolo", lambda r: (r / "attributes.json").write_text("[" * 100_000),
                                  r"attributes\.json: JSON nested too deeply", False),
     "bdd_not_utf8": Case("bdd100k", _bad_bytes("labels.json", 4), r"labels\.json:4: not UTF-8 text", False),
