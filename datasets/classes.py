@@ -34,9 +34,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from datasets.errors import DataError
+from datasets.files import read_yaml
 
 #: The canonical classes, in YOLO class-id order.
 DEFAULT_CLASSES: tuple[str, ...] = (
@@ -150,14 +149,7 @@ def load_class_map(path: Path | None) -> ClassMap:
     if path is None:
         return default_class_map()
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: class map not found") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise DataError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    data = read_yaml(path, "class map")
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: class map must be a non-empty mapping 'source name: canonical name'")
     if "classes" in data or "map" in data:

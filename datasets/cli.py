@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--imgsz", type=int, default=320, metavar="N", help="synthetic image size (default 320)"
     )
+    prep.add_argument(
+        "--bdd-split",
+        default=None,
+        metavar="SPLIT",
+        help="train or val: which labels of a BDD100K dataset root to read (labels/det_20/det_<split>.json)",
+    )
     prep.set_defaults(func=run_prepare)
 
 
@@ -65,6 +71,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         policy=args.policy,
         eval_fraction=args.eval_fraction,
         imgsz=args.imgsz,
+        bdd_split=args.bdd_split,
     )
     validation = report["validation"]
     if validation["count"]:

@@ -17,6 +17,17 @@ class DataError(ValueError):
     """Bad input data or a bad data option; the message names the file and line or field."""
 
 
+class FileProblem(DataError):
+    """A source file that cannot be read or parsed (:mod:`datasets.files`); ``where`` names the file
+    (and line), ``message`` says why. Fatal when the file is the dataset's (a label JSON, a
+    ``data.yaml``); a problem of one item (its image or label file) under ``--policy skip``."""
+
+    def __init__(self, where: object, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = str(where)
+        self.message = message
+
+
 @dataclass(frozen=True)
 class Issue:
     """One validation problem: where it is, what is wrong, and which item was skipped for it."""

@@ -7,10 +7,10 @@ The federated code uses these helpers instead of building paths itself::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from datasets.errors import DataError
+from datasets.files import read_json
 
 REPORT_FILE = "partition.json"
 VALIDATION_FILE = "validation.json"
@@ -31,10 +31,7 @@ def read_partition(data_dir: Path) -> dict:
     path = Path(data_dir) / REPORT_FILE
     if not path.is_file():
         raise DataError(f"{data_dir}: no {REPORT_FILE}; make it with `fleetfl data prepare --out {data_dir}`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    return read_json(path, REPORT_FILE)
 
 
 def num_clients(data_dir: Path) -> int:

@@ -30,7 +30,7 @@ from datasets.classes import ClassMap, load_class_map
 from datasets.errors import DataError, IssueLog
 from datasets.layout import EVAL_DIR, REPORT_FILE, VALIDATION_FILE, client_dir
 from datasets.partition import hold_out, parse_split, partition
-from datasets.readers import READERS, read_yolo
+from datasets.readers import READERS, read_bdd100k, read_yolo
 from datasets.report import mean_tv_distance, split_stats
 from datasets.samples import Sample
 from datasets.synthetic import generate_scenes
@@ -60,13 +60,40 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 def read_source(
-    fmt: str, arg: str, class_map: ClassMap, log: IssueLog, scratch: Path, seed: int, imgsz: int
+    fmt: str,
+    arg: str,
+    class_map: ClassMap,
+    log: IssueLog,
+    scratch: Path,
+    seed: int,
+    imgsz: int,
+    bdd_split: str | None = None,
 ) -> list[Sample]:
     """Canonical samples of a source; synthetic images are generated under ``scratch``."""
     if fmt == "synthetic":
         generated = generate_scenes(scratch / "synthetic", int(arg), seed=seed, imgsz=imgsz)
         return read_yolo(generated, class_map, log)
+    if fmt == "bdd100k":
+        return read_bdd100k(Path(arg), class_map, log, split=bdd_split)
     return READERS[fmt](Path(arg), class_map, log)
+
+
+def check_out(out: Path) -> None:
+    """Fail early, naming the path, when ``out`` cannot become the output folder.
+
+    Raises:
+        DataError: a parent of ``out`` is a file, or ``out`` is a file or a folder that is neither
+            empty nor a previous FleetFL output (which :func:`_install` replaces).
+    """
+    for parent in reversed(out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise DataError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+    if out.exists() and not _replaceable(out):
+        raise DataError(f"--out {out}: exists and is not a FleetFL data folder; choose another path")
+
+
+def _replaceable(out: Path) -> bool:
+    return out.is_dir() and (not any(out.iterdir()) or (out / REPORT_FILE).is_file())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -91,8 +118,7 @@ def write_split(folder: Path, samples: list[Sample], class_map: ClassMap) -> Non
 def _install(stage: Path, out: Path) -> None:
     """Move the finished ``stage`` folder to ``out`` (replacing a previous FleetFL output)."""
     if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_FILE).is_file()):
-            raise DataError(f"--out {out}: exists and is not a FleetFL data folder; choose another path")
+        check_out(out)  # again: it may have changed while the data was read
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "data")
         try:
@@ -116,6 +142,7 @@ def prepare(
     policy: str = "strict",
     eval_fraction: float = 0.2,
     imgsz: int = 320,
+    bdd_split: str | None = None,
 ) -> dict:
     """Read, validate, partition and write a dataset; return the partition report.
 
@@ -129,6 +156,7 @@ def prepare(
         policy: ``strict`` (first problem raises, nothing is written) or ``skip``.
         eval_fraction: share of images held out for evaluation, 0 < F < 1.
         imgsz: image size of synthetic scenes (ignored for other sources).
+        bdd_split: ``train`` or ``val``: which label file of a BDD100K dataset root to read.
 
     Returns:
         The content of ``partition.json`` plus ``validation`` (the validation report).
@@ -142,13 +170,21 @@ def prepare(
         raise DataError(f"--clients {clients}: must be an integer of at least 1")
     if not 0 < eval_fraction < 1:
         raise DataError(f"--eval-fraction {eval_fraction}: must be between 0 and 1 (exclusive)")
+    if bdd_split is not None and fmt != "bdd100k":
+        raise DataError(f"--bdd-split {bdd_split}: applies to bdd100k sources only, not {fmt}")
     log = IssueLog(policy)
     class_map = load_class_map(classes)
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    check_out(out)
     try:
-        samples = read_source(fmt, arg, class_map, log, stage, seed, imgsz)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise DataError(
+            f"--out {out}: cannot create a folder in {out.parent} ({exc.strerror or exc})"
+        ) from None
+    try:
+        samples = read_source(fmt, arg, class_map, log, stage, seed, imgsz, bdd_split)
         if not samples:
             raise DataError(f"--source {source}: empty dataset, no usable image" + _skipped_note(log))
         if len(samples) < clients + 1:

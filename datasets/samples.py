@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 #: Image suffixes FleetFL accepts (all of them are read by ultralytics).
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -52,23 +50,6 @@ class Sample:
     def classes(self) -> set[int]:
         """Class ids present in the image."""
         return {b.cls for b in self.boxes}
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """Width and height of an image after decoding it fully (a truncated file fails here).
-
-    Raises:
-        ValueError: the file is not a readable image (message without the path).
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.size
-    # ImportError: once ultralytics is imported it monkey-patches ``PIL.Image.open`` so that an
-    # unidentified image triggers an install of ``pi-heif`` and a retry (ultralytics 8.4
-    # utils/patches.py); offline that ends in ModuleNotFoundError instead of UnidentifiedImageError.
-    except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as exc:
-        raise ValueError(f"unreadable or corrupt image ({exc})") from exc
 
 
 def check_box(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> tuple[float, ...]:

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from datasets.classes import ClassMap
-from datasets.errors import IssueLog
-from datasets.samples import IMAGE_SUFFIXES, Box, Sample, check_box, image_size
+from datasets.errors import FileProblem, IssueLog
+from datasets.samples import IMAGE_SUFFIXES, Box, Sample, check_box
 
 
 class ItemProblem(Exception):
@@ -39,14 +39,6 @@ def pair_by_stem(
     return pairs
 
 
-def checked_size(image: Path) -> tuple[int, int]:
-    """Decoded size of ``image``; an unreadable image is an :class:`ItemProblem`."""
-    try:
-        return image_size(image)
-    except ValueError as exc:
-        raise ItemProblem(image, str(exc)) from exc
-
-
 def pixel_box(cls: int, corners: Iterable[float], width: int, height: int, where: str | Path) -> Box:
     """A validated :class:`Box` from pixel corners; problems name ``where``."""
     try:
@@ -70,7 +62,8 @@ def resolve_class(class_map: ClassMap, name: str, where: str | Path) -> int | No
 def collect(
     items: Iterable, build: Callable[..., Sample | None], log: IssueLog, label: Callable
 ) -> list[Sample]:
-    """Run ``build(item)`` for every item; an :class:`ItemProblem` is reported and the item skipped.
+    """Run ``build(item)`` for every item; an :class:`ItemProblem` or a :class:`FileProblem` (an
+    unreadable image or label file) is reported and the item skipped.
 
     ``label(item)`` names the skipped item in the report.
     """
@@ -78,7 +71,7 @@ def collect(
     for item in items:
         try:
             sample = build(item)
-        except ItemProblem as problem:
+        except (ItemProblem, FileProblem) as problem:
             log.report(problem.where, problem.message, skipped=label(item))
             continue
         if sample is not None:

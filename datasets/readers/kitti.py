@@ -11,9 +11,9 @@ from pathlib import Path
 
 from datasets.classes import ClassMap
 from datasets.errors import DataError, IssueLog
+from datasets.files import image_size, read_text
 from datasets.readers.common import (
     ItemProblem,
-    checked_size,
     collect,
     list_images,
     pair_by_stem,
@@ -36,7 +36,7 @@ def kitti_dirs(root: Path) -> tuple[Path, Path]:
 def parse_kitti_label(path: Path, class_map: ClassMap, width: int, height: int) -> list:
     """The canonical boxes of one ``label_2`` file; a bad line is an :class:`ItemProblem`."""
     boxes = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "label file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -73,7 +73,7 @@ def read_kitti(root: Path, class_map: ClassMap, log: IssueLog) -> list[Sample]:
 
     def build(pair: tuple[str, Path, Path]) -> Sample:
         stem, image, label = pair
-        width, height = checked_size(image)
+        width, height = image_size(image)
         boxes = parse_kitti_label(label, class_map, width, height)
         return Sample(stem, image, width, height, tuple(boxes))
 

@@ -14,15 +14,13 @@ attributes (``{"0001.jpg": {"weather": "rainy", ...}}``), as the synthetic gener
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import yaml
-
 from datasets.classes import ClassMap
 from datasets.errors import DataError, IssueLog
-from datasets.readers.common import ItemProblem, checked_size, collect, pixel_box, resolve_class
+from datasets.files import image_size, read_json, read_text, read_yaml
+from datasets.readers.common import ItemProblem, collect, pixel_box, resolve_class
 from datasets.samples import IMAGE_SUFFIXES, Sample
 
 SPLIT_KEYS: tuple[str, ...] = ("train", "val", "valid", "test")
@@ -34,12 +32,7 @@ def load_data_yaml(path: Path) -> tuple[Path, dict]:
     yaml_path = path / "data.yaml" if path.is_dir() else path
     if not yaml_path.is_file():
         raise DataError(f"{yaml_path}: data.yaml not found")
-    try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{yaml_path}:{mark.line + 1}" if mark else str(yaml_path)
-        raise DataError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    data = read_yaml(yaml_path, "data.yaml")
     if not isinstance(data, dict):
         raise DataError(f"{yaml_path}: expected a mapping with 'names' and 'train'/'val'/'test'")
     if "names" not in data:
@@ -91,7 +84,7 @@ def _split_sources(yaml_path: Path, data: dict) -> list[tuple[str, Path]]:
 def _images_of(source: Path) -> list[Path]:
     if source.is_dir():
         return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    lines = [x.strip() for x in source.read_text(encoding="utf-8").splitlines() if x.strip()]
+    lines = [x.strip() for x in read_text(source, "image list").splitlines() if x.strip()]
     return [(source.parent / x).resolve() if not Path(x).is_absolute() else Path(x) for x in lines]
 
 
@@ -109,7 +102,7 @@ def parse_yolo_label(
 ) -> list:
     """Canonical boxes of one YOLO label file; a bad line is an :class:`ItemProblem`."""
     boxes = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "label file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -138,10 +131,7 @@ def _attributes(yaml_path: Path) -> dict[str, dict[str, str]]:
     path = yaml_path.parent / ATTRIBUTES_FILE
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    data = read_json(path, ATTRIBUTES_FILE)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise DataError(f"{path}: expected {{image file name: {{attribute: value}}}}")
     return {k: {str(a): str(b) for a, b in v.items()} for k, v in data.items()}
@@ -189,7 +179,7 @@ def read_yolo(path: Path, class_map: ClassMap, log: IssueLog) -> list[Sample]:
         label = label_path(image)
         if not label.is_file():
             raise ItemProblem(image, f"image has no label file (expected {label})")
-        width, height = checked_size(image)
+        width, height = image_size(image)
         boxes = parse_yolo_label(label, names, class_map, width, height, yaml_path)
         return Sample(name, image, width, height, tuple(boxes), dict(attributes.get(image.name, {})))
 

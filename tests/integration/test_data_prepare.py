@@ -12,6 +12,7 @@ from datasets.classes import DEFAULT_CLASSES
 from datasets.errors import DataError
 from datasets.prepare import prepare
 from pipelines.cli import main
+from tests.fixtures.data import write_bomb_png
 
 
 def _files(folder: Path) -> set[str]:
@@ -130,3 +131,68 @@ def test_cli_skip_prints_and_writes_the_validation_report(make_kitti, tmp_path, 
     validation = json.loads((out / "validation.json").read_text())
     assert validation["count"] == 1 and validation["issues"][0]["skipped"] == "000002.png"
     assert json.loads((out / "partition.json").read_text())["images"] == 5
+
+
+def _not_utf8(root: Path) -> str:
+    label = root / "training" / "label_2" / "000003.txt"
+    label.write_bytes(label.read_bytes().replace(b"DontCare", b"DontC\xe4re"))
+    return f"{label}:2: not UTF-8 text (byte 0xe4 at column 6)"
+
+
+def _bomb(root: Path) -> str:
+    image = write_bomb_png(root / "training" / "image_2" / "000001.png", 20000, 9000)
+    return f"{image}: image too large to decode safely"
+
+
+def _deep_json(root: Path) -> str:
+    (root / "labels.json").write_text("[" * 50_000 + "]" * 50_000)
+    return f"{root / 'labels.json'}: JSON nested too deeply to parse"
+
+
+def _bdd_root_without_split(root: Path) -> str:
+    return f"{root}: 2 BDD100K label files in {root / 'labels' / 'det_20'} (det_train.json, det_val.json)"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "breaks"),
+    [("kitti", _not_utf8), ("kitti", _bomb), ("bdd", _deep_json), ("bdd_root", _bdd_root_without_split)],
+    ids=["label_not_utf8", "bomb_image", "deep_bdd_json", "bdd_root_without_split"],
+)
+def test_cli_bad_file_is_one_line_naming_it(request, fmt, breaks, tmp_path: Path, capsys) -> None:
+    root = request.getfixturevalue(f"make_{fmt}")()
+    expected = breaks(root)
+    source = f"{'kitti' if fmt == 'kitti' else 'bdd100k'}:{root}"
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "prepare", "--source", source, "--clients", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"fleetfl: error: {expected}"), err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("below", ["sub", "sub/deeper"])
+def test_cli_out_inside_a_file(make_kitti, tmp_path: Path, capsys, below: str) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    out = notes / below
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "prepare", "--source", f"kitti:{make_kitti()}", "--clients", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err == f"fleetfl: error: --out {out}: {notes} is a file, not a folder; choose another path\n"
+    assert notes.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kitti", "notes.txt"]
+
+
+def test_cli_bdd100k_root_with_split(make_bdd_root, tmp_path: Path, capsys) -> None:
+    root = make_bdd_root()
+    out = tmp_path / "bdd"
+    argv = ["data", "prepare", "--source", f"bdd100k:{root}", "--clients", "2", "--out", str(out)]
+    assert main([*argv, "--bdd-split", "train"]) == 0
+    report = json.loads((out / "partition.json").read_text())
+    assert report["images"] == 3 and report["splits"]["eval"]["images"] == 1
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--source", "synthetic:4", "--clients", "1", "--out", str(out),
+              "--bdd-split", "val"])  # fmt: skip
+    assert "--bdd-split val: applies to bdd100k sources only, not synthetic" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import yaml
 from datasets.classes import DEFAULT_CLASSES, load_class_map
 from datasets.errors import DataError, IssueLog
 from datasets.readers import read_bdd100k, read_kitti, read_yolo
+from tests.fixtures.data import BDD_ROOT_LABELS
 
 CLS = {name: i for i, name in enumerate(DEFAULT_CLASSES)}
 
@@ -73,6 +74,53 @@ def test_bdd100k_official_layout(make_bdd) -> None:
     assert len(samples) == 5 and samples[0].image.parent == root / "images" / "100k" / "val"
 
 
+@pytest.mark.parametrize("release", list(BDD_ROOT_LABELS))
+def test_bdd100k_dataset_root_with_split(make_bdd_root, release: str) -> None:
+    root = make_bdd_root(release)
+    for split, names in (("train", ["a", "b", "c"]), ("val", ["d", "e"])):
+        samples = read_bdd100k(root, load_class_map(None), IssueLog(), split=split)
+        assert [s.name for s in samples] == names
+        assert {s.image.parent for s in samples} == {root / "images" / "100k" / split}
+    with pytest.raises(
+        DataError, match=r"bdd100k: 2 BDD100K label files in .*labels.* choose one with --bdd-split"
+    ):
+        read_bdd100k(root, load_class_map(None), IssueLog())
+
+
+def test_bdd100k_split_errors(make_bdd_root) -> None:
+    root = make_bdd_root()
+    val = root / "labels" / "det_20" / "det_val.json"
+    with pytest.raises(
+        DataError, match=r"det_val\.json: --bdd-split train given, but this label file is not"
+    ):
+        read_bdd100k(val, load_class_map(None), IssueLog(), split="train")
+    with pytest.raises(DataError, match=r"--bdd-split 'test': expected one of train, val"):
+        read_bdd100k(root, load_class_map(None), IssueLog(), split="test")
+    val.unlink()
+    with pytest.raises(
+        DataError, match=r"bdd100k: no BDD100K label \*_val\.json in \./, labels/, labels/det_20/"
+    ):
+        read_bdd100k(root, load_class_map(None), IssueLog(), split="val")
+    assert len(read_bdd100k(root, load_class_map(None), IssueLog())) == 3, "the one label file left"
+
+
+def test_image_size_check_does_not_rely_on_pil_global(tmp_path: Path, monkeypatch) -> None:
+    """ultralytics' ``compress_one_image`` sets ``PIL.Image.MAX_IMAGE_PIXELS = None`` process-wide."""
+    from PIL import Image
+
+    from datasets.errors import FileProblem
+    from datasets.files import image_size
+    from tests.fixtures.data import write_bomb_png
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    bomb = write_bomb_png(tmp_path / "bomb.png", 20000, 9000)
+    with pytest.raises(
+        FileProblem, match=r"bomb\.png: image too large to decode safely \(20000x9000 pixels, more"
+    ):
+        image_size(bomb)
+    assert image_size(write_bomb_png(tmp_path / "small.png", 300, 200)) == (300, 200)
+
+
 @pytest.mark.parametrize("names_as_dict", [False, True])
 def test_yolo_roboflow_export(make_yolo, names_as_dict: bool) -> None:
     samples = read_yolo(make_yolo(names_as_dict=names_as_dict), load_class_map(None), IssueLog())
@@ -109,6 +157,7 @@ def test_user_map_on_top_of_default(make_yolo, tmp_path: Path) -> None:
     [("car: plane\n", r"map\.yaml: field 'car': unknown canonical class 'plane'"),
      ("[car, truck]\n", "must be a non-empty mapping"),
      ("car: [unclosed\n", r"map\.yaml:2: not valid YAML"),
+     ("Car: &c car\nVan: *c\n", r"map\.yaml:2: not valid YAML \(aliases \(\*name\) are not accepted\)"),
      ("classes: [a, a]\nmap: {}\n", "lists a class twice"),
      ("classes: [a]\nmap: {x: b}\n", r"field 'map\.x': unknown canonical class 'b'")],
 )  # fmt: skip

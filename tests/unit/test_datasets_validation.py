@@ -14,6 +14,7 @@ import yaml
 
 from datasets.errors import DataError
 from datasets.prepare import prepare
+from tests.fixtures.data import write_bomb_png
 
 
 def _edit_line(path: Path, lineno: int, text: str) -> None:
@@ -62,6 +63,37 @@ def _yolo_line(rel: str, lineno: int, text: str) -> Callable[[Path], None]:
 
 def _truncate(rel: str) -> Callable[[Path], None]:
     return lambda root: (root / rel).write_bytes((root / rel).read_bytes()[:300])
+
+
+def _bad_bytes(rel: str, lineno: int) -> Callable[[Path], None]:
+    """Line ``lineno`` of ``rel`` gets a byte that is not UTF-8 (Latin-1 'é')."""
+
+    def mutate(root: Path) -> None:
+        lines = (root / rel).read_bytes().split(b"\n")
+        lines[lineno - 1] = lines[lineno - 1].replace(b" ", b"\xe9 ", 1)
+        (root / rel).write_bytes(b"\n".join(lines))
+
+    return mutate
+
+
+def _bomb(rel: str, width: int, height: int) -> Callable[[Path], None]:
+    return lambda root: write_bomb_png(root / rel, width, height)
+
+
+def _symlink_loop(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).unlink()
+        (root / rel).symlink_to((root / rel).name)
+
+    return mutate
+
+
+def _yaml_alias_bomb(root: Path) -> None:
+    """Append a "billion laughs" to data.yaml: 9 levels of 9 aliases each (9**9 names once expanded)."""
+    levels = ["bomb0: &bomb0 [" + ", ".join(["car"] * 9) + "]"]
+    levels += [f"bomb{i}: &bomb{i} [" + ", ".join([f"*bomb{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    with (root / "data.yaml").open("a") as out:
+        out.write("\n".join(levels) + "\n")
 
 
 def _bdd_label(frame: int, label: int, **update) -> Callable[[Path], None]:
@@ -117,6 +149,23 @@ CASES: dict[str, Case] = {
                              False),
     "yolo_missing_split_dir": Case("yolo", lambda r: _yaml(r, val="../nope/images"),
                                    r"data\.yaml: field 'val': '\.\./nope/images' does not exist", False),
+    "kitti_label_not_utf8": Case("kitti", _bad_bytes(f"{K}/000003.txt", 2),
+                                 r"000003\.txt:2: not UTF-8 text \(byte 0xe9 at column 9\)"),
+    "kitti_label_symlink_loop": Case("kitti", _symlink_loop(f"{K}/000001.txt"),
+                                     r"000001\.txt: cannot read label file \(.*symbolic links"),
+    "kitti_bomb_image": Case("kitti", _bomb(f"{KI}/000002.png", 20000, 9000),  # past PIL's error limit
+                             r"000002\.png: image too large to decode safely \(more than 89478485 pixels"),
+    "yolo_bomb_image": Case("yolo", _bomb("valid/images/v1.jpg", 10000, 9000),  # PIL only warns
+                            r"v1\.jpg: image too large to decode safely"),
+    "yolo_label_not_utf8": Case("yolo", _bad_bytes("train/labels/t1.txt", 2), r"t1\.txt:2: not UTF-8 text"),
+    "yolo_yaml_not_utf8": Case("yolo", _bad_bytes("data.yaml", 3), r"data\.yaml:3: not UTF-8 text", False),
+    "yolo_yaml_alias_bomb": Case("yolo", _yaml_alias_bomb,
+                                 r"data\.yaml:\d+: not valid YAML \(aliases \(\*name\)", False),
+    "yolo_deep_attributes": Case("yolo", lambda r: (r / "attributes.json").write_text("[" * 100_000),
+                                 r"attributes\.json: JSON nested too deeply", False),
+    "bdd_not_utf8": Case("bdd100k", _bad_bytes("labels.json", 4), r"labels\.json:4: not UTF-8 text", False),
+    "bdd_deep_json": Case("bdd100k", lambda r: (r / "labels.json").write_text("[" * 100_000 + "]" * 100_000),
+                          r"labels\.json: JSON nested too deeply", False),
     "bdd_invalid_json": Case("bdd100k", lambda r: (r / "labels.json").write_text('[\n{"name": "a.jpg",\n'),
                              r"labels\.json:3: not valid JSON", False),
     "bdd_not_a_list": Case("bdd100k", lambda r: (r / "labels.json").write_text('{"frames": []}'),
