@@ -60,6 +60,7 @@ OPTION_KEYS = frozenset(
         "last_seen",
         "system_tags_filter",
         "tags_filter",
+        "task_types",  # the SDK's DatasetTrigger sends it; clearml-server ignores it too
     }
 )
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
 from clearml_local.api import ApiError
 from clearml_local.query import project, run_query
-from clearml_local.query_filters import MODEL_QUERY, PROJECT_QUERY, TASK_QUERY
+from clearml_local.query_filters import (
+    MODEL_QUERY,
+    PROJECT_QUERY,
+    TASK_QUERY,
+    _may_backtrack,
+    pattern_matcher,
+)
 from clearml_local.store import metric_hash
 
 M, V = metric_hash("loss"), metric_hash("total")
@@ -219,3 +226,38 @@ def test_model_and_project_options() -> None:
     projects = [{"id": "p1", "name": "a/b", "basename": "b", "description": "Fleet runs"}]
     assert run_query(projects, {"description": "Fleet"}, options=PROJECT_QUERY) == projects
     assert run_query(projects, {"description": "fleet"}, options=PROJECT_QUERY) == []
+
+
+def test_keys_clearml_server_ignores_are_ignored() -> None:
+    """The SDK's DatasetTrigger sends ``task_types``: clearml-server ignores it, so does this."""
+    assert task_ids({"task_types": ["data_processing"], "status": ["completed"]}) == ["t1"]
+
+
+def test_dates_accept_epoch_seconds_and_reject_nonsense() -> None:
+    cutoff = datetime(2026, 12, 7, 12, tzinfo=UTC).timestamp()
+    assert task_ids({"status_changed": [f">{cutoff:.0f}"]}) == ["t2"]
+    with pytest.raises(ApiError):
+        task_ids({"status_changed": [">99999999999999999999"]})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "backtracks"),
+    [
+        ("^exact\\.name$", False),
+        ("(?i)^abc[+*?|]x$", False),  # inside a class, and group syntax, are not operators
+        ("[]a+]b", False),
+        ("a+", True),
+        ("(a|b)", True),
+        ("a{2}", True),
+        ("[a]b*", True),
+        ("\\\\*", True),  # an escaped backslash, then a star
+    ],
+)
+def test_only_patterns_without_repetition_or_alternation_skip_re2(pattern: str, backtracks: bool) -> None:
+    assert _may_backtrack(pattern) is backtracks
+
+
+def test_both_engines_agree_on_what_matches() -> None:
+    for pattern, text, expected in [("^ab$", "ab", True), ("(?i)^AB", "abc", True), ("a+$", "caaa", True)]:
+        assert pattern_matcher("name", pattern)(text) is expected
+    assert pattern_matcher("name", "B", ignore_case=True)("abc") is True
