@@ -112,7 +112,7 @@ PROJECT_QUERY = QueryOptions(
 
 # --- values ---------------------------------------------------------------------------------------
 def get_path(doc: Any, path: str | Sequence[str]) -> Any:
-    """The value at a dotted path, or the ``_MISSING`` sentinel (see :func:`is_missing`)."""
+    """The value at a dotted path (objects only), or the ``_MISSING`` sentinel."""
     parts = path.split(".") if isinstance(path, str) else path
     value = doc
     for part in parts:
@@ -123,11 +123,6 @@ def get_path(doc: Any, path: str | Sequence[str]) -> Any:
         else:
             return _MISSING
     return value
-
-
-def is_missing(value: Any) -> bool:
-    """Whether :func:`get_path` found nothing."""
-    return value is _MISSING
 
 
 def values_at(doc: Any, parts: Sequence[str]) -> Iterator[Any]:
@@ -301,30 +296,52 @@ def list_predicate(field: str, spec: Any) -> Predicate:
 
 
 def _list_check(field: str, actions: dict[str, set[Any]], global_op: str, allow_empty: bool) -> Predicate:
+    wanted = {action: frozenset(values) for action, values in actions.items()}
+    need_all = global_op == _AND
+    parts = field.split(".")
+    if list(wanted) == ["in"] and not allow_empty:  # the usual "any of": one set lookup per value
+        options = wanted["in"]
+
+        def any_of(doc: dict[str, Any]) -> bool:
+            value = get_path(doc, parts)
+            if isinstance(value, str):
+                return value in options
+            if value is _MISSING:  # maybe a path through an array of objects
+                value = field_values(doc, parts)
+            elif not isinstance(value, list):
+                return _hashable(value) and value in options
+            for item in value:  # noqa: SIM110 - hot loop
+                if _hashable(item) and item in options:
+                    return True
+            return False
+
+        return any_of
     kinds = {
         "in": lambda wanted: lambda present: not wanted.isdisjoint(present),
         "nin": lambda wanted: lambda present: wanted.isdisjoint(present),
         "all": lambda wanted: lambda present: wanted.issubset(present),
     }
-    checks = [kinds[action](frozenset(wanted)) for action, wanted in actions.items()]
-    need_all = global_op == _AND
-    parts = field.split(".")
+    checks = [kinds[action](values) for action, values in wanted.items()]
 
     def predicate(doc: dict[str, Any]) -> bool:
         values = field_values(doc, parts)
-        if not values:
-            if allow_empty:
-                return True
-        elif len(values) > 1 or not _hashable(values[0]):
-            values = [v for v in values if _hashable(v)]
+        if not values and allow_empty:
+            return True
         if not checks:
             return not allow_empty
-        for check in checks:
-            if check(values) != need_all:
-                return not need_all
-        return need_all
+        try:
+            return _combine(checks, values, need_all)
+        except TypeError:  # an unhashable element (an object in the array): compare the others
+            return _combine(checks, [v for v in values if _hashable(v)], need_all)
 
     return predicate
+
+
+def _combine(checks: list[Callable[[Any], bool]], values: list[Any], need_all: bool) -> bool:
+    for check in checks:
+        if check(values) != need_all:
+            return not need_all
+    return need_all
 
 
 def structured_list_predicate(field: str, spec: Any) -> Predicate:
@@ -351,8 +368,8 @@ def structured_list_predicate(field: str, spec: Any) -> Predicate:
     parts = field.split(".")
 
     def predicate(doc: dict[str, Any]) -> bool:
-        values = {v for v in values_at(doc, parts) if _hashable(v)}
-        empty = not any(True for _ in values_at(doc, parts))
+        found = field_values(doc, parts)
+        values, empty = {v for v in found if _hashable(v)}, not found
         return not parts_checks or combine(check(values, empty) for check in parts_checks)
 
     return predicate

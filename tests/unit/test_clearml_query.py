@@ -261,3 +261,15 @@ def test_both_engines_agree_on_what_matches() -> None:
     for pattern, text, expected in [("^ab$", "ab", True), ("(?i)^AB", "abc", True), ("a+$", "caaa", True)]:
         assert pattern_matcher("name", pattern)(text) is expected
     assert pattern_matcher("name", "B", ignore_case=True)("abc") is True
+
+
+def test_list_fields_through_arrays_of_objects() -> None:
+    """``models.input.model`` reads through the array, as MongoDB does."""
+    docs = [
+        {"id": "x", "models": {"input": [{"model": "m1"}, {"model": "m2"}]}},
+        {"id": "y", "models": {"input": []}},
+    ]
+    found = [d["id"] for d in run_query(docs, {"models.input.model": ["m2"]}, options=TASK_QUERY)]
+    assert found == ["x"]
+    found = [d["id"] for d in run_query(docs, {"models.input.model": ["-m2"]}, options=TASK_QUERY)]
+    assert found == ["y"]
