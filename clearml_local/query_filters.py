@@ -263,25 +263,26 @@ def list_predicate(field: str, spec: Any) -> Predicate:
     global_op: str | None = None
     context, legacy, negate, allow_empty = _OR, True, False, False
     for item in items:
-        if item is None:
-            negate, allow_empty = False, True
-            continue
-        if not isinstance(item, str):
+        if item is not None and not isinstance(item, str):
             raise validation_error(f"field '{field}' must be a string or an array of strings")
-        if item == "__$nop":
-            context, legacy, negate = _OR, True, False
-            continue
-        if item.startswith("__$"):
+        if item in _LIST_OPERATORS or item == "__$not":
             if negate:
                 raise validation_error(f"field '{field}': a value is expected after __$not")
             if item == "__$not":
                 negate = True
                 continue
-            if item not in _LIST_OPERATORS:
-                raise validation_error(f"field '{field}': unsupported operator {item!r}")
             context, legacy = _LIST_OPERATORS[item], False
-            global_op = global_op or context
+            global_op = global_op or context  # the first operator joins the groups...
             continue
+        global_op = global_op or _AND  # ...unless a term came first (clearml-server's rule)
+        if item is None:
+            negate, allow_empty = False, True
+            continue
+        if item == "__$nop":
+            context, legacy, negate = _OR, True, False
+            continue
+        if item.startswith("__$"):
+            raise validation_error(f"field '{field}': unsupported operator {item!r}")
         include = not negate
         if not negate and legacy and item.startswith("-"):
             item, include = item[1:], False

@@ -185,6 +185,7 @@ def test_clearml_server_semantics(body: dict, expected: list[str]) -> None:
         {"_any_": "alpha"},
         {"status": ["__$bogus", "x"]},
         {"status": ["__$not"]},
+        {"status": ["__$not", "__$not", "x"]},
         {"filters": {"tags": {"any": {"include": "a"}}}},
         {"name": r"(a)\1"},  # RE2: no backreferences
         {"name": ["alpha"]},
@@ -273,3 +274,15 @@ def test_list_fields_through_arrays_of_objects() -> None:
     assert found == ["x"]
     found = [d["id"] for d in run_query(docs, {"models.input.model": ["-m2"]}, options=TASK_QUERY)]
     assert found == ["y"]
+
+
+def test_the_first_operator_joins_the_groups_unless_a_term_came_first() -> None:
+    """clearml-server: ``["__$any", ...]`` ORs the groups; a term before any operator means AND."""
+    docs = [{"id": "1", "tags": ["a"]}, {"id": "2", "tags": ["b", "c"]}, {"id": "3", "tags": ["a", "c"]}]
+
+    def found(tags: list) -> list[str]:
+        return [d["id"] for d in run_query(docs, {"tags": tags}, options=TASK_QUERY)]
+
+    assert found(["__$any", "b", "__$all", "a", "c"]) == ["2", "3"]  # b OR (a AND c)
+    assert found(["b", "__$all", "a", "c"]) == []  # b AND (a AND c)
+    assert found(["__$all", "a", "__$not", "c"]) == ["1"]
