@@ -1,13 +1,10 @@
 """The ``get_all`` query language of clearml-server, evaluated over in-memory documents.
 
-Supported, as the SDK and agent use it:
+Filters (see :mod:`clearml_local.query_filters` for each kind and what matches clearml-server):
+pattern fields as RE2 regular expressions, list fields with tag operators, ``[min, max]`` ranges,
+dates parsed and compared as dates, ``_any_``/``_or_``/``_all_``/``_and_`` over several fields,
+structured ``filters``, equality for any other field. Then:
 
-* equality filters on any (dotted) field; a list value means "any of" (``status: [a, b]``);
-  ``null`` matches a missing field; string lists of ``">=x"``/``"<=x"``/``">x"``/``"<x"`` are ranges
-  (``created``, ``last_update``...);
-* ``name`` (and other pattern fields) as a case-insensitive regular expression;
-* tag lists (``tags``, ``system_tags``) with the operators ``__$all``, ``__$any``, ``__$not`` and a
-  leading ``-`` to exclude;
 * ``order_by`` over (nested) fields, ``-`` for descending; numbers compare as numbers, missing
   values sort first (as MongoDB sorts ``null``);
 * ``page``/``page_size`` paging and ``only_fields`` projections with MongoDB semantics: a path
@@ -18,14 +15,19 @@ Documents are never mutated: projections build new dicts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from clearml_local.api import validation_error
-
-Predicate = Callable[[dict[str, Any]], bool]
-_MISSING = object()
+from clearml_local.query_filters import (
+    MULTI_FIELD_KEYS,
+    TASK_QUERY,
+    Predicate,
+    QueryOptions,
+    field_predicate,
+    multi_field_predicate,
+    structured_list_predicate,
+)
 
 #: Body keys that are query options, not field filters.
 OPTION_KEYS = frozenset(
@@ -43,8 +45,6 @@ OPTION_KEYS = frozenset(
         "allow_public",
         "method",
         "search_text",
-        "_any_",
-        "_all_",
         "batch_size",
         "check_own_contents",
         "stats_for_state",
@@ -57,197 +57,34 @@ OPTION_KEYS = frozenset(
         "children_type",
         "children_tags",
         "children_tags_filter",
-        "filters",
         "last_seen",
         "system_tags_filter",
         "tags_filter",
+        "task_types",  # the SDK's DatasetTrigger sends it; clearml-server ignores it too
     }
 )
-TAG_FIELDS = frozenset({"tags", "system_tags"})
-_RANGE = re.compile(r"^(>=|<=|>|<)(.*)$")
-
-
-def get_path(doc: Any, path: str | Sequence[str]) -> Any:
-    """The value at a dotted path, or the ``_MISSING`` sentinel (see :func:`is_missing`)."""
-    parts = path.split(".") if isinstance(path, str) else path
-    value = doc
-    for part in parts:
-        if isinstance(value, dict):
-            value = value.get(part, _MISSING)
-            if value is _MISSING:
-                return _MISSING
-        else:
-            return _MISSING
-    return value
-
-
-def is_missing(value: Any) -> bool:
-    """Whether :func:`get_path` found nothing."""
-    return value is _MISSING
-
-
-# --- filters --------------------------------------------------------------------------------------
-def tag_predicate(field: str, spec: Sequence[Any]) -> Predicate:
-    """A predicate for a tag filter list (``["a", "-b", "__$all", "c", "__$not", "d"]``)."""
-    include_any: list[str] = []
-    include_all: list[str] = []
-    exclude: list[str] = []
-    mode = "any"
-    negate_next = False
-    for item in spec:
-        if item is None:
-            continue
-        if not isinstance(item, str):
-            raise validation_error(f"field '{field}' must be an array of strings")
-        if item in ("__$all", "__$and"):
-            mode, negate_next = "all", False
-            continue
-        if item in ("__$any", "__$or"):
-            mode, negate_next = "any", False
-            continue
-        if item == "__$not":
-            negate_next = True
-            continue
-        if negate_next or (item.startswith("-") and len(item) > 1):
-            exclude.append(item if negate_next else item[1:])
-            negate_next = False
-        elif mode == "all":
-            include_all.append(item)
-        else:
-            include_any.append(item)
-    any_set, all_set, ex_set = set(include_any), set(include_all), set(exclude)
-
-    def predicate(doc: dict[str, Any]) -> bool:
-        tags = doc.get(field) or ()
-        if ex_set and not ex_set.isdisjoint(tags):
-            return False
-        if all_set and not all_set.issubset(tags):
-            return False
-        return not any_set or not any_set.isdisjoint(tags)
-
-    return predicate
-
-
-def regex_predicate(field: str, pattern: str) -> Predicate:
-    """A case-insensitive regular-expression filter on a string field."""
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise validation_error(f"field '{field}' is not a valid regular expression: {exc}") from None
-    parts = field.split(".")
-
-    def predicate(doc: dict[str, Any]) -> bool:
-        value = get_path(doc, parts)
-        return isinstance(value, str) and compiled.search(value) is not None
-
-    return predicate
-
-
-def _matches(value: Any, wanted: Any) -> bool:
-    if isinstance(value, list) and not isinstance(wanted, list):
-        return wanted in value  # MongoDB: a scalar matches an array containing it
-    return value == wanted
-
-
-def equality_predicate(field: str, wanted: Any) -> Predicate:
-    """Field equals ``wanted``; a list means any of its values; ``None`` matches missing."""
-    parts = field.split(".")
-    if isinstance(wanted, list):
-        ranges = _ranges(wanted)
-        if ranges is not None:
-            return _range_predicate(parts, ranges)
-        options = wanted
-        hashable = all(isinstance(w, str | int | float | bool) or w is None for w in options)
-        option_set = set(options) if hashable else None
-        accepts_missing = None in options
-
-        def any_of(doc: dict[str, Any]) -> bool:
-            value = get_path(doc, parts)
-            if value is _MISSING or value is None:
-                return accepts_missing
-            if option_set is not None and isinstance(value, str | int | float | bool):
-                return value in option_set
-            return any(_matches(value, w) for w in options)
-
-        return any_of
-
-    def equals(doc: dict[str, Any]) -> bool:
-        value = get_path(doc, parts)
-        if value is _MISSING or value is None:
-            return wanted is None
-        return _matches(value, wanted)
-
-    return equals
-
-
-def _ranges(values: list[Any]) -> list[tuple[str, str]] | None:
-    if not values or not all(isinstance(v, str) for v in values):
-        return None
-    found = [_RANGE.match(v) for v in values]
-    if not all(found):
-        return None
-    return [(m[1], m[2]) for m in found if m]
-
-
-def _range_predicate(parts: list[str], ranges: list[tuple[str, str]]) -> Predicate:
-    checks = {
-        ">=": lambda a, b: a >= b,
-        "<=": lambda a, b: a <= b,
-        ">": lambda a, b: a > b,
-        "<": lambda a, b: a < b,
-    }
-
-    def predicate(doc: dict[str, Any]) -> bool:
-        value = get_path(doc, parts)
-        if value is _MISSING or value is None:
-            return False
-        try:
-            return all(checks[op](value, _coerce(bound, value)) for op, bound in ranges)
-        except TypeError:
-            return False
-
-    return predicate
-
-
-def _coerce(bound: str, like: Any) -> Any:
-    if isinstance(like, bool) or not isinstance(like, int | float):
-        return bound
-    try:
-        return float(bound)
-    except ValueError:
-        return bound
 
 
 def build_filters(
-    body: dict[str, Any],
-    *,
-    pattern_fields: Iterable[str] = ("name",),
-    skip: Iterable[str] = (),
+    body: dict[str, Any], options: QueryOptions = TASK_QUERY, skip: Iterable[str] = ()
 ) -> list[Predicate]:
     """Predicates for every filter key of a ``get_all`` body (options and ``skip`` keys ignored)."""
-    pattern_fields, skip = set(pattern_fields), set(skip)
-    predicates: list[Predicate] = []
+    skip = set(skip)
+    structured = body.get("filters") or {}
+    if not isinstance(structured, dict):
+        raise validation_error("field 'filters' must be an object (field -> list filter)")
+    predicates: list[Predicate | None] = []
+    for key, spec in structured.items():
+        if key not in skip and options.kind(key) == "list" and spec:
+            predicates.append(structured_list_predicate(key, spec))
     for key, value in body.items():
-        if key in OPTION_KEYS or key in skip:
+        if key in OPTION_KEYS or key in skip or key == "filters" or key in structured:
             continue
-        if key in TAG_FIELDS:
-            spec = [value] if isinstance(value, str) else value
-            if not isinstance(spec, list):
-                raise validation_error(f"field '{key}' must be an array of strings")
-            if spec:
-                predicates.append(tag_predicate(key, spec))
-        elif key in pattern_fields and isinstance(value, str):
-            predicates.append(regex_predicate(key, value))
-        elif key == "id":
-            ids = [value] if isinstance(value, str) else value
-            if not isinstance(ids, list):
-                raise validation_error("field 'id' must be a string or an array of strings")
-            predicates.append(equality_predicate("id", ids))
-        elif isinstance(value, dict):
-            continue  # structured filters of newer APIs are not supported: ignored like unknown keys
+        if key in MULTI_FIELD_KEYS:
+            predicates.append(multi_field_predicate(key, value, options))
         else:
-            predicates.append(equality_predicate(key, value))
-    return predicates
+            predicates.append(field_predicate(key, value, options))
+    return [p for p in predicates if p is not None]
 
 
 # --- ordering, paging, projection -----------------------------------------------------------------
@@ -353,6 +190,15 @@ def _exclude(doc: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
     return out
 
 
+def _literals(values: list[Any]) -> bool:
+    """Whether ``values`` are plain values to look up (no operator, exclusion, range or null)."""
+    return bool(values) and all(
+        isinstance(v, str | int | float | bool)
+        and not (isinstance(v, str) and v.startswith(("-", "__$", ">", "<")))
+        for v in values
+    )
+
+
 def candidates(
     store: Any, collection: str, body: dict[str, Any], index_fields: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
@@ -360,21 +206,21 @@ def candidates(
 
     A superset of the matches (the query's predicates still run over it): ``id`` lists are looked
     up directly, otherwise the smallest equality filter on one of ``index_fields`` (see
-    ``store.INDEXED_FIELDS``) picks the candidates, else every document.
+    ``store.INDEXED_FIELDS``) picks the candidates, else every document. A filter with operators
+    (``-x``, ``__$not``, ``>x``, ``null``) or a structured ``filters`` entry does not narrow.
     """
+    structured = body.get("filters") if isinstance(body.get("filters"), dict) else {}
     wanted_ids = body.get("id")
     if isinstance(wanted_ids, str):
         wanted_ids = [wanted_ids]
-    if isinstance(wanted_ids, list) and wanted_ids and all(isinstance(i, str) for i in wanted_ids):
+    if isinstance(wanted_ids, list) and _literals(wanted_ids) and "id" not in structured:
         docs = (store.get(collection, i) for i in dict.fromkeys(wanted_ids))
         return [d for d in docs if d is not None]
     best: tuple[int, str, list[Any]] | None = None
     for field in index_fields:
-        value = body.get(field, _MISSING)
-        if value is _MISSING or value is None or isinstance(value, dict):
-            continue
+        value = body.get(field)
         values = value if isinstance(value, list) else [value]
-        if _ranges(values) is not None:
+        if value is None or field in structured or not _literals(values):
             continue
         size = store.index_size(collection, field, values)
         if size is not None and (best is None or size < best[0]):
@@ -388,8 +234,8 @@ def run_query(
     docs: Iterable[dict[str, Any]],
     body: dict[str, Any],
     *,
+    options: QueryOptions = TASK_QUERY,
     extra: Sequence[Predicate] = (),
-    pattern_fields: Iterable[str] = ("name",),
     skip: Iterable[str] = (),
     default_order: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
@@ -398,8 +244,8 @@ def run_query(
     Args:
         docs: the candidate documents (read-only).
         body: the request body.
+        options: which fields take which kind of filter (``query_filters.TASK_QUERY``...).
         extra: predicates the caller adds (hidden objects, project scopes...).
-        pattern_fields: fields whose string value is a regular expression.
         skip: body keys the caller handles itself.
         default_order: ``order_by`` when the body has none.
     """
@@ -408,7 +254,7 @@ def run_query(
         not isinstance(only_fields, list) or not all(isinstance(f, str) for f in only_fields)
     ):
         raise validation_error("field 'only_fields' must be an array of strings")
-    predicates = [*build_filters(body, pattern_fields=pattern_fields, skip=skip), *extra]
+    predicates = [*build_filters(body, options, skip), *extra]
 
     def match(doc: dict[str, Any]) -> bool:
         for predicate in predicates:  # noqa: SIM110 - hot loop: cheaper than all(<genexpr>)

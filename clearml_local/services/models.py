@@ -17,6 +17,7 @@ from clearml_local.api import (
     validation_error,
 )
 from clearml_local.query import candidates, run_query
+from clearml_local.query_filters import MODEL_QUERY
 from clearml_local.services.common import (
     ARCHIVED_TAG,
     changed_fields,
@@ -43,6 +44,8 @@ def _new_model(user: str, name: str) -> dict[str, Any]:
         "company": "fleetfl",
         "created": now,
         "last_update": now,
+        "last_change": now,
+        "last_changed_by": user,
         "task": None,
         "project": None,
         "parent": None,
@@ -56,6 +59,13 @@ def _new_model(user: str, name: str) -> dict[str, Any]:
         "labels": {},
         "metadata": {},
     }
+
+
+def _touch(model: dict[str, Any], user: str) -> None:
+    """Stamp a change: ``last_update`` and ``last_change``/``last_changed_by`` (what triggers poll)."""
+    now = utc_now()
+    model["last_update"] = model["last_change"] = now
+    model["last_changed_by"] = user
 
 
 def _apply(ctx: RequestContext, model: dict[str, Any], body: dict[str, Any]) -> None:
@@ -80,7 +90,7 @@ def _apply(ctx: RequestContext, model: dict[str, Any], body: dict[str, Any]) -> 
             model[key] = str_list(body, key)
     if "ready" in body:
         model["ready"] = opt_bool(body, "ready")
-    model["last_update"] = utc_now()
+    _touch(model, ctx.user)
 
 
 @endpoint("models.create")
@@ -124,7 +134,7 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
         extra.append(lambda m: m.get("project") in scope)
     indexed = ["task"] if opt_bool(body, "include_subprojects") else ["task", "project"]
     docs = candidates(ctx.store, "models", body, indexed)
-    return {"models": run_query(docs, body, extra=extra, skip=("project",))}
+    return {"models": run_query(docs, body, options=MODEL_QUERY, extra=extra, skip=("project",))}
 
 
 endpoint("models.get_all_ex")(get_all)
@@ -138,7 +148,8 @@ def _edit(ctx: RequestContext, body: dict) -> dict:
         _apply(ctx, model, body)
         tx.put("models", model)
     fields = changed_fields(before, model)
-    fields.pop("last_update", None)
+    for stamp in ("last_update", "last_change", "last_changed_by"):
+        fields.pop(stamp, None)
     return {"updated": 1, "fields": fields}
 
 
@@ -177,7 +188,8 @@ def _set_ready(ctx: RequestContext, model_ids: list[str], publish_task: bool) ->
     with ctx.store.transaction() as tx:
         for model_id in model_ids:
             model = load_for_update(tx, "models", model_id)
-            model["ready"], model["last_update"] = True, utc_now()
+            model["ready"] = True
+            _touch(model, ctx.user)
             tx.put("models", model)
             task = tx.get("tasks", model["task"]) if model.get("task") and publish_task else None
             if task is not None and task["status"] != PUBLISHED:
@@ -209,6 +221,7 @@ def _set_archived(ctx: RequestContext, ids: list[str], archived: bool) -> None:
             model = load_for_update(tx, "models", model_id)
             tags = [t for t in model.get("system_tags", []) if t != ARCHIVED_TAG]
             model["system_tags"] = [*tags, ARCHIVED_TAG] if archived else tags
+            _touch(model, ctx.user)
             tx.put("models", model)
 
 
@@ -283,5 +296,6 @@ def delete_metadata(ctx: RequestContext, body: dict) -> dict:
         for key in keys:
             metadata.pop(key, None)
         model["metadata"] = metadata
+        _touch(model, ctx.user)
         tx.put("models", model)
     return {"updated": 1}

@@ -14,10 +14,12 @@ from clearml_local.api import (
     validation_error,
 )
 from clearml_local.query import run_query
+from clearml_local.query_filters import PROJECT_QUERY
 from clearml_local.services.common import conflict, load, load_for_update, not_hidden
 from clearml_local.store import Store, Transaction, new_id, utc_now
 
-SUBCODE_PROJECT_EXISTS = 407
+#: clearml-server: 400/801 ``expected_unique_data`` "Project with the same name already exists".
+SUBCODE_PROJECT_EXISTS = 801
 SUBCODE_PROJECT_HAS_TASKS = 402
 _EDITABLE = ("description", "tags", "system_tags", "default_output_destination")
 
@@ -83,10 +85,10 @@ def subproject_ids(store: Store, project_ids: list[str]) -> set[str]:
 def create(ctx: RequestContext, body: dict) -> dict:
     """Create a project (and its missing parents); 400 if the name exists."""
     name = _normalize(require_str(body, "name"))
-    if find_by_name(ctx.store, name) is not None:
-        raise conflict(f"Project with the same name already exists: name={name}", SUBCODE_PROJECT_EXISTS)
     fields = {k: body.get(k) for k in _EDITABLE}
-    with ctx.store.transaction() as tx:
+    with ctx.store.transaction() as tx:  # checked inside the write lock: parallel creates make one
+        if find_by_name(tx.store, name) is not None:
+            raise conflict(f"Project with the same name already exists: name={name}", SUBCODE_PROJECT_EXISTS)
         project_id, _ = ensure_project(tx, name, ctx.user, **fields)
     return {"id": project_id}
 
@@ -110,7 +112,7 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
         extra.append(lambda p: p.get("parent") in parents)
     elif opt_bool(body, "shallow_search"):
         extra.append(lambda p: "/" not in p["name"])
-    projects = run_query(ctx.store.all("projects"), body, extra=extra, pattern_fields=("name", "basename"))
+    projects = run_query(ctx.store.all("projects"), body, options=PROJECT_QUERY, extra=extra)
     return {"projects": projects}
 
 
@@ -130,7 +132,7 @@ def update(ctx: RequestContext, body: dict) -> dict:
                 fields[key] = str_list(body, key)
         if new_name is not None and _normalize(new_name) != doc["name"]:
             new_name = _normalize(new_name)
-            if find_by_name(ctx.store, new_name) is not None:
+            if find_by_name(tx.store, new_name) is not None:
                 raise conflict(
                     f"Project with the same name already exists: name={new_name}", SUBCODE_PROJECT_EXISTS
                 )

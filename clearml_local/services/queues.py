@@ -20,6 +20,7 @@ from clearml_local.api import (
     validation_error,
 )
 from clearml_local.query import run_query
+from clearml_local.query_filters import QUEUE_QUERY
 from clearml_local.services.common import conflict, load, load_for_update, not_hidden, upsert_metadata
 from clearml_local.store import Store, Transaction, new_id, utc_now
 
@@ -27,7 +28,8 @@ DEFAULT_QUEUE_NAME = "default"
 DEFAULT_TAG = "default"
 SUBCODE_QUEUE_NOT_EMPTY = 702
 SUBCODE_TASK_NOT_QUEUED = 703
-SUBCODE_QUEUE_EXISTS = 709
+#: clearml-server answers a duplicate name with 400/801 ``expected_unique_data`` (a unique index).
+SUBCODE_QUEUE_EXISTS = 801
 
 
 def _new_queue(name: str, user: str, tags: list[str], system_tags: list[str]) -> dict[str, Any]:
@@ -111,14 +113,21 @@ def remove_entry(tx: Transaction, queue_id: str, task_id: str) -> bool:
     return True
 
 
+def _name_taken(name: str) -> ApiError:
+    return conflict(
+        f"Value combination already exists (unique field already contains this value): name={name}",
+        SUBCODE_QUEUE_EXISTS,
+    )
+
+
 @endpoint("queues.create")
 def create(ctx: RequestContext, body: dict) -> dict:
     """Create a queue with a unique name."""
     name = require_str(body, "name")
-    if find_by_name(ctx.store, name) is not None:
-        raise conflict(f"Queue with this name already exists: name={name}", SUBCODE_QUEUE_EXISTS)
     queue = _new_queue(name, ctx.user, str_list(body, "tags"), str_list(body, "system_tags"))
-    with ctx.store.transaction() as tx:
+    with ctx.store.transaction() as tx:  # checked inside the write lock: parallel creates make one queue
+        if find_by_name(tx.store, name) is not None:
+            raise _name_taken(name)
         tx.put("queues", queue)
     return {"id": queue["id"]}
 
@@ -133,7 +142,7 @@ def get_by_id(ctx: RequestContext, body: dict) -> dict:
 def get_all(ctx: RequestContext, body: dict) -> dict:
     """Queues (name is a regex; tags with operators)."""
     extra = [] if opt_bool(body, "search_hidden") else [not_hidden]
-    return {"queues": run_query(ctx.store.all("queues"), body, extra=extra)}
+    return {"queues": run_query(ctx.store.all("queues"), body, options=QUEUE_QUERY, extra=extra)}
 
 
 endpoint("queues.get_all_ex")(get_all)
@@ -157,8 +166,8 @@ def update(ctx: RequestContext, body: dict) -> dict:
         fields: dict[str, Any] = {}
         name = opt_str(body, "name")
         if name is not None and name != queue["name"]:
-            if find_by_name(ctx.store, name) is not None:
-                raise conflict(f"Queue with this name already exists: name={name}", SUBCODE_QUEUE_EXISTS)
+            if find_by_name(tx.store, name) is not None:
+                raise _name_taken(name)
             fields["name"] = name
         for key in ("tags", "system_tags"):
             if key in body:

@@ -26,7 +26,8 @@ from clearml_local.api import (
     str_list,
     validation_error,
 )
-from clearml_local.query import candidates, regex_predicate, run_query
+from clearml_local.query import candidates, run_query
+from clearml_local.query_filters import TASK_QUERY
 from clearml_local.services import queues
 from clearml_local.services.common import (
     ARCHIVED_TAG,
@@ -217,26 +218,12 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
         else:
             wanted = set(project_ids)
             extra.append(lambda t: t.get("project") in wanted)
-    extra.extend(_pattern_filters(body))
     indexed = ["parent", "status", "type"]
     if not opt_bool(body, "include_subprojects"):
         indexed.append("project")
     docs = candidates(ctx.store, "tasks", body, indexed)
-    tasks = run_query(docs, body, extra=extra, skip=("project",))
+    tasks = run_query(docs, body, options=TASK_QUERY, extra=extra, skip=("project",))
     return {"tasks": tasks}
-
-
-def _pattern_filters(body: dict[str, Any]) -> list[Any]:
-    """``_any_``/``_all_``: a regex over several fields (``{"pattern": p, "fields": [...]}``)."""
-    predicates = []
-    for key, combine in (("_any_", any), ("_all_", all)):
-        spec = body.get(key)
-        if not isinstance(spec, dict) or not spec.get("pattern"):
-            continue
-        fields = spec.get("fields") or ["id", "name"]
-        checks = [regex_predicate(f, spec["pattern"]) for f in fields if isinstance(f, str)]
-        predicates.append(lambda d, c=checks, f=combine: f(check(d) for check in c))
-    return predicates
 
 
 endpoint("tasks.get_all_ex")(get_all)
@@ -687,25 +674,37 @@ def enqueue(ctx: RequestContext, body: dict) -> dict:
 
 @endpoint("tasks.dequeue")
 def dequeue(ctx: RequestContext, body: dict) -> dict:
-    """Take a queued task off its queue; status ``created`` (or ``new_status``)."""
+    """As clearml-server's ``dequeue_task``: off its queue, then a queued or running task goes back.
+
+    A queued or ``in_progress`` task moves to ``new_status`` (else the status it had before it was
+    enqueued, else ``created``): 200 ``{"dequeued": 1, "updated": 1, "fields"}``. Any other status
+    is left alone: 200 ``{"dequeued": 1, "updated": 0}``; so is an unknown id, which is only taken
+    off every queue. ``remove_from_all_queues`` also takes it off every other queue.
+    """
     task_id = require_str(body, "task")
-    new_status = opt_str(body, "new_status") or CREATED
+    new_status = opt_str(body, "new_status")
+    if new_status and new_status not in STATE_MACHINE:
+        raise validation_error(f"Invalid task status: {new_status}")
     with ctx.store.transaction() as tx:
-        task = load_for_update(tx, "tasks", task_id)
-        if task["status"] != QUEUED and not opt_bool(body, "force"):
-            raise _invalid_status(f"Invalid task status: expected queued, status={task['status']}")
-        removed = _leave_queue(tx, task)
+        task = tx.get("tasks", task_id)
+        if task is not None and task["status"] == QUEUED:
+            _leave_queue(tx, task)
+            task.setdefault("execution", {})["queue"] = None
+        if task is None or opt_bool(body, "remove_from_all_queues"):
+            for queue in tx.store.all("queues"):
+                queues.remove_entry(tx, queue["id"], task_id)
+        if task is None or task["status"] not in (QUEUED, IN_PROGRESS):
+            return {"dequeued": 1, "updated": 0}
         fields = set_status(
             task,
-            new_status,
+            new_status or task.pop("enqueue_status", None) or CREATED,
             force=True,
             user=ctx.user,
             reason=opt_str(body, "status_reason"),
             message=opt_str(body, "status_message"),
         )
-        task.setdefault("execution", {})["queue"] = None
         tx.put("tasks", task)
-    return {"dequeued": int(removed), "updated": 1, "fields": fields}
+    return {"dequeued": 1, "updated": 1, "fields": fields}
 
 
 def _delete_events(tx: Transaction, task_ids: list[str]) -> None:
