@@ -148,8 +148,9 @@ async def task_page(request: Request) -> Response:
         context["models"] = await _task_models(request, task)
     elif tab == "trials":
         context.update(await _trials(request, task))
-    if tab in ("info", "configuration"):
-        context["queues"] = (await gw.call("queues.get_all", {"order_by": ["name"]}))["queues"]
+    context["queues"] = (
+        await gw.call("queues.get_all", {"order_by": ["name"], "only_fields": ["id", "name"]})
+    )["queues"]
     return render(request, "task.html", **context)
 
 

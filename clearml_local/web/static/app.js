@@ -30,7 +30,8 @@ function drawCharts(root, data, compare) {
   }
   for (const metric of titles) {
     const traces = [];
-    for (const variant of Object.keys(metrics[metric]).sort()) {
+    const DASHES = ["solid", "dot", "dash", "longdash", "dashdot"];
+    for (const [variantIndex, variant] of Object.keys(metrics[metric]).sort().entries()) {
       const series = compare ? metrics[metric][variant] : { "": metrics[metric][variant] };
       for (const [taskId, s] of Object.entries(series)) {
         const index = compare ? ids.indexOf(taskId) : traces.length;
@@ -38,7 +39,8 @@ function drawCharts(root, data, compare) {
         traces.push({
           x, y: smooth(s.y, weight), mode: "lines+markers", type: "scatter",
           name: compare ? `${names[index] || taskId} · ${variant}` : variant,
-          line: { color: COLORS[index % COLORS.length] }, marker: { size: 5 },
+          line: { color: COLORS[index % COLORS.length], dash: compare ? DASHES[variantIndex % DASHES.length] : "solid" },
+          marker: { size: 5 },
         });
       }
     }

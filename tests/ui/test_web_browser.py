@@ -1,0 +1,147 @@
+"""The web UI in a real Chromium (Debian's chromium + chromedriver, driven by Selenium).
+
+Logs in through the form reached from the link the SDK printed, sees the mAP50-95 chart's points
+and the console, clones the task, edits a hyperparameter, enqueues the clone; a page without the
+cookie is the login form and a forged POST without the CSRF token is refused. Screenshots go to
+``runs/ui-screenshots`` (look at them after a failure).
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.clearml import ClearMLServer
+from tests.ui.conftest import ReportedTask
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WAIT_S = 20
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()) and shutil.which("chromedriver") is None,
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, message: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(condition, message)
+
+
+def test_login_chart_console_clone_edit_enqueue(
+    browser,
+    clearml_server: ClearMLServer,
+    reported_task: ReportedTask,
+    screenshots_dir: Path,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    # Without the cookie, the SDK's link lands on the login form, which then opens the link.
+    driver.get(reported_task.page)
+    _wait(driver, ec.presence_of_element_located((By.NAME, "access_key")), "no login form")
+    driver.save_screenshot(str(screenshots_dir / "01-login.png"))
+    driver.find_element(By.NAME, "access_key").send_keys(clearml_server.access_key)
+    driver.find_element(By.NAME, "secret_key").send_keys(clearml_server.secret_key)
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    _wait(driver, lambda d: "round 3: mAP50-95 0.300" in d.find_element(By.ID, "console").text, "no console")
+    assert urllib.parse.urlsplit(driver.current_url).path.endswith(f"/tasks/{reported_task.task_id}/output/log")
+    assert clearml_server.secret_key not in driver.page_source
+    driver.save_screenshot(str(screenshots_dir / "02-console.png"))
+
+    # Scalars: one chart per metric, one point per round on global/map50_95.
+    driver.find_element(By.LINK_TEXT, "Scalars").click()
+    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, '.chart[data-metric="global"] .main-svg')), "no chart")
+    traces = driver.execute_script(
+        'return document.querySelector(\'.chart[data-metric="global"]\').data.map(t => [t.name, t.x, t.y]);'
+    )
+    by_name = {name: (x, y) for name, x, y in traces}
+    assert by_name["map50_95"][0] == [1, 2, 3]
+    assert by_name["map50_95"][1] == pytest.approx([0.1, 0.2, 0.3])
+    driver.save_screenshot(str(screenshots_dir / "03-scalars.png"))
+
+    # Plots: the SDK's scatter, drawn by the wheel's plotly.js.
+    driver.find_element(By.LINK_TEXT, "Plots").click()
+    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".plotly-plot .main-svg")), "no plot")
+    driver.save_screenshot(str(screenshots_dir / "04-plots.png"))
+
+    # Clone -> the Draft's configuration; edit a hyperparameter; enqueue it.
+    httpx.post(
+        f"{clearml_server.api_host}/queues.create",
+        json={"name": "browser-queue"},
+        auth=(clearml_server.access_key, clearml_server.secret_key),
+    )
+    clone_name = driver.find_element(By.NAME, "name")
+    clone_name.clear()
+    clone_name.send_keys("browser clone")
+    driver.find_element(By.ID, "clone").click()
+    _wait(driver, ec.presence_of_element_located((By.NAME, "hp:Args/rounds")), "no hyperparameter form")
+    assert "cloned to draft" in driver.find_element(By.CSS_SELECTOR, ".notice").text
+    rounds = driver.find_element(By.NAME, "hp:Args/rounds")
+    rounds.clear()
+    rounds.send_keys("7")
+    driver.find_element(By.ID, "save-hyperparams").click()
+    _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "saved"), "not saved")
+    assert driver.find_element(By.NAME, "hp:Args/rounds").get_attribute("value") == "7"
+    Select(driver.find_element(By.NAME, "queue")).select_by_visible_text("browser-queue")
+    driver.find_element(By.ID, "enqueue").click()
+    _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "enqueued"), "not enqueued")
+    assert driver.find_element(By.CSS_SELECTOR, "h1 .status").text == "queued"
+    driver.save_screenshot(str(screenshots_dir / "05-clone-enqueued.png"))
+    clone_id = urllib.parse.urlsplit(driver.current_url).path.split("/tasks/")[1].split("/")[0]
+
+    # A forged request from the logged-in page without the CSRF token is refused.
+    status = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"fetch('/actions/tasks/{clone_id}/dequeue', {{method: 'POST', credentials: 'same-origin'}})"
+        ".then(r => done(r.status));"
+    )
+    assert status == 403
+
+    # The experiments table shows the metric; two rows compare on one chart.
+    driver.get(f"{clearml_server.web_host}/projects/*/experiments?name=browser+clone")
+    _wait(driver, ec.presence_of_element_located((By.ID, "experiments")), "no table")
+    assert "queued" in driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{clone_id}"]').text
+    driver.get(f"{clearml_server.web_host}/compare?ids={reported_task.task_id}&ids={clone_id}")
+    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".chart .main-svg")), "no compare chart")
+    assert "rounds" in driver.find_element(By.CSS_SELECTOR, "#param-diff tr.differs").text
+    driver.save_screenshot(str(screenshots_dir / "06-compare.png"))
+
+    # Logged out (no cookie), a page is the login form again.
+    driver.delete_all_cookies()
+    driver.get(f"{clearml_server.web_host}/projects/*/tasks/{clone_id}")
+    _wait(driver, ec.presence_of_element_located((By.NAME, "secret_key")), "no login form after logout")
