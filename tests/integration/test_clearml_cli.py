@@ -28,7 +28,17 @@ def fleetfl(*args: str) -> subprocess.CompletedProcess:
 def test_server_start_status_env_stop(tmp_path: Path) -> None:
     data = tmp_path / "data"
     started = fleetfl(
-        "server", "start", "--data", str(data), "--api-port", "0", "--files-port", "0", "--web-port", "0", "--detach"
+        "server",
+        "start",
+        "--data",
+        str(data),
+        "--api-port",
+        "0",
+        "--files-port",
+        "0",
+        "--web-port",
+        "0",
+        "--detach",
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
