@@ -79,15 +79,21 @@ def test_login_chart_console_clone_edit_enqueue(
     driver.find_element(By.NAME, "secret_key").send_keys(clearml_server.secret_key)
     driver.find_element(By.CSS_SELECTOR, "form.login button").click()
     _wait(driver, lambda d: "round 3: mAP50-95 0.300" in d.find_element(By.ID, "console").text, "no console")
-    assert urllib.parse.urlsplit(driver.current_url).path.endswith(f"/tasks/{reported_task.task_id}/output/log")
+    assert urllib.parse.urlsplit(driver.current_url).path.endswith(
+        f"/tasks/{reported_task.task_id}/output/log"
+    )
     assert clearml_server.secret_key not in driver.page_source
     driver.save_screenshot(str(screenshots_dir / "02-console.png"))
 
     # Scalars: one chart per metric, one point per round on global/map50_95.
     driver.find_element(By.LINK_TEXT, "Scalars").click()
-    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, '.chart[data-metric="global"] .main-svg')), "no chart")
+    _wait(
+        driver,
+        ec.presence_of_element_located((By.CSS_SELECTOR, '.chart[data-metric="global"] .main-svg')),
+        "no chart",
+    )
     traces = driver.execute_script(
-        'return document.querySelector(\'.chart[data-metric="global"]\').data.map(t => [t.name, t.x, t.y]);'
+        "return document.querySelector('.chart[data-metric=\"global\"]').data.map(t => [t.name, t.x, t.y]);"
     )
     by_name = {name: (x, y) for name, x, y in traces}
     assert by_name["map50_95"][0] == [1, 2, 3]

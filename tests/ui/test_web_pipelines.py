@@ -35,7 +35,9 @@ print("PIPELINE_ID", pipe.id)
 
 
 @pytest.mark.slow  # a local pipeline with two steps: ~15 s
-def test_pipeline_page_dag_and_new_run(clearml_server: ClearMLServer, web: httpx.Client, tmp_path: Path) -> None:
+def test_pipeline_page_dag_and_new_run(
+    clearml_server: ClearMLServer, web: httpx.Client, tmp_path: Path
+) -> None:
     out = run_sdk_script(clearml_server, PIPELINE, tmp_path)
     pipeline_id = re.search(r"PIPELINE_ID (\w+)", out).group(1)
     printed = re.search(r"ClearML pipeline page: (\S+)", out).group(1)
