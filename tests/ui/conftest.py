@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from tests.fixtures.clearml import ClearMLServer, run_sdk_script
 #: A task like FleetFL's federate step: per-round ``global/map50_95``, a plot, console lines.
 REPORTING_TASK = r"""
 import json
+import numpy as np
 from clearml import Task
 
 task = Task.init(project_name="web-ui", task_name="federate-like", reuse_last_task_id=False,
@@ -28,6 +28,9 @@ for rnd in (1, 2, 3):
 logger.report_scatter2d("pr_curve", "person", iteration=3, scatter=[[0, 1], [0.5, 0.8], [1, 0.2]],
                         xaxis="recall", yaxis="precision")
 logger.report_text("federation finished")
+logger.report_image("samples", "frame", iteration=3, image=np.full((16, 24, 3), 200, dtype=np.uint8))
+task.upload_artifact("summary", {"best_round": 3, "map50_95": 0.3}, wait_on_upload=True)
+logger.flush()
 print(json.dumps({"id": task.id, "page": task.get_output_log_web_page()}))
 task.close()
 """
@@ -67,14 +70,3 @@ def web(clearml_server: ClearMLServer):
     """An HTTP client of the web UI (not logged in; redirects not followed)."""
     with httpx.Client(base_url=clearml_server.web_host, follow_redirects=False, timeout=30) as client:
         yield client
-
-
-@pytest.fixture
-def screenshots_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the browser test saves its screenshots (``runs/ui-screenshots`` when it exists)."""
-    root = Path(__file__).resolve().parents[2] / "runs" / "ui-screenshots"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        root = tmp_path_factory.mktemp("ui-screenshots")
-    return root

@@ -8,60 +8,19 @@ cookie is the login form and a forged POST without the CSRF token is refused. Sc
 
 from __future__ import annotations
 
-import shutil
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fixtures.browser import browser_login, wait_for
 from tests.fixtures.clearml import ClearMLServer
 from tests.ui.conftest import ReportedTask
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-WAIT_S = 20
-
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()) and shutil.which("chromedriver") is None,
-    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _wait(driver, condition, message: str):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, WAIT_S).until(condition, message)
-
 
 def test_login_chart_console_clone_edit_enqueue(
-    browser,
+    chromium,
     clearml_server: ClearMLServer,
     reported_task: ReportedTask,
     screenshots_dir: Path,
@@ -70,15 +29,15 @@ def test_login_chart_console_clone_edit_enqueue(
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select
 
-    driver = browser
+    driver = chromium
     # Without the cookie, the SDK's link lands on the login form, which then opens the link.
     driver.get(reported_task.page)
-    _wait(driver, ec.presence_of_element_located((By.NAME, "access_key")), "no login form")
+    wait_for(driver, ec.presence_of_element_located((By.NAME, "access_key")), "no login form")
     driver.save_screenshot(str(screenshots_dir / "01-login.png"))
-    driver.find_element(By.NAME, "access_key").send_keys(clearml_server.access_key)
-    driver.find_element(By.NAME, "secret_key").send_keys(clearml_server.secret_key)
-    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-    _wait(driver, lambda d: "round 3: mAP50-95 0.300" in d.find_element(By.ID, "console").text, "no console")
+    browser_login(driver, clearml_server)
+    wait_for(
+        driver, lambda d: "round 3: mAP50-95 0.300" in d.find_element(By.ID, "console").text, "no console"
+    )
     assert urllib.parse.urlsplit(driver.current_url).path.endswith(
         f"/tasks/{reported_task.task_id}/output/log"
     )
@@ -87,7 +46,7 @@ def test_login_chart_console_clone_edit_enqueue(
 
     # Scalars: one chart per metric, one point per round on global/map50_95.
     driver.find_element(By.LINK_TEXT, "Scalars").click()
-    _wait(
+    wait_for(
         driver,
         ec.presence_of_element_located((By.CSS_SELECTOR, '.chart[data-metric="global"] .main-svg')),
         "no chart",
@@ -102,8 +61,18 @@ def test_login_chart_console_clone_edit_enqueue(
 
     # Plots: the SDK's scatter, drawn by the wheel's plotly.js.
     driver.find_element(By.LINK_TEXT, "Plots").click()
-    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".plotly-plot .main-svg")), "no plot")
+    wait_for(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".plotly-plot .main-svg")), "no plot")
     driver.save_screenshot(str(screenshots_dir / "04-plots.png"))
+
+    # Debug samples: the image comes from the file server through the logged-in /files/ proxy.
+    driver.find_element(By.LINK_TEXT, "Debug samples").click()
+    wait_for(
+        driver,
+        lambda d: d.execute_script(
+            "const i = document.querySelector('.images img'); return i && i.naturalWidth;"
+        ),
+        "no debug image",
+    )
 
     # Clone -> the Draft's configuration; edit a hyperparameter; enqueue it.
     httpx.post(
@@ -115,17 +84,19 @@ def test_login_chart_console_clone_edit_enqueue(
     clone_name.clear()
     clone_name.send_keys("browser clone")
     driver.find_element(By.ID, "clone").click()
-    _wait(driver, ec.presence_of_element_located((By.NAME, "hp:Args/rounds")), "no hyperparameter form")
+    wait_for(driver, ec.presence_of_element_located((By.NAME, "hp:Args/rounds")), "no hyperparameter form")
     assert "cloned to draft" in driver.find_element(By.CSS_SELECTOR, ".notice").text
     rounds = driver.find_element(By.NAME, "hp:Args/rounds")
     rounds.clear()
     rounds.send_keys("7")
     driver.find_element(By.ID, "save-hyperparams").click()
-    _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "saved"), "not saved")
+    wait_for(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "saved"), "not saved")
     assert driver.find_element(By.NAME, "hp:Args/rounds").get_attribute("value") == "7"
     Select(driver.find_element(By.NAME, "queue")).select_by_visible_text("browser-queue")
     driver.find_element(By.ID, "enqueue").click()
-    _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "enqueued"), "not enqueued")
+    wait_for(
+        driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "enqueued"), "not enqueued"
+    )
     assert driver.find_element(By.CSS_SELECTOR, "h1 .status").text == "queued"
     driver.save_screenshot(str(screenshots_dir / "05-clone-enqueued.png"))
     clone_id = urllib.parse.urlsplit(driver.current_url).path.split("/tasks/")[1].split("/")[0]
@@ -140,14 +111,16 @@ def test_login_chart_console_clone_edit_enqueue(
 
     # The experiments table shows the metric; two rows compare on one chart.
     driver.get(f"{clearml_server.web_host}/projects/*/experiments?name=browser+clone")
-    _wait(driver, ec.presence_of_element_located((By.ID, "experiments")), "no table")
+    wait_for(driver, ec.presence_of_element_located((By.ID, "experiments")), "no table")
     assert "queued" in driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{clone_id}"]').text
     driver.get(f"{clearml_server.web_host}/compare?ids={reported_task.task_id}&ids={clone_id}")
-    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".chart .main-svg")), "no compare chart")
+    wait_for(
+        driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".chart .main-svg")), "no compare chart"
+    )
     assert "rounds" in driver.find_element(By.CSS_SELECTOR, "#param-diff tr.differs").text
     driver.save_screenshot(str(screenshots_dir / "06-compare.png"))
 
     # Logged out (no cookie), a page is the login form again.
     driver.delete_all_cookies()
     driver.get(f"{clearml_server.web_host}/projects/*/tasks/{clone_id}")
-    _wait(driver, ec.presence_of_element_located((By.NAME, "secret_key")), "no login form after logout")
+    wait_for(driver, ec.presence_of_element_located((By.NAME, "secret_key")), "no login form after logout")

@@ -93,7 +93,7 @@ def test_the_paths_the_sdk_prints_open_the_task(
         ("hyper-params/hyper-param/Args", 'name="hp:Args/rounds"'),
         ("info-output/metrics/scalar", 'id="scalar-charts"'),
         ("info-output/metrics/plots", "pr_curve"),
-        ("artifacts/output-model", "No artifacts."),
+        ("artifacts/output-model", "summary.json"),
         ("models", "Output models"),
     ):
         for prefix in (base, old_style):
@@ -127,6 +127,23 @@ def test_experiments_table_and_chart_data(
     log = web.get(f"/data/tasks/{reported_task.task_id}/console").json()
     assert any("round 3: mAP50-95 0.300" in line["msg"] for line in log["lines"])
     assert web.get("/static/plotly.min.js").headers["content-type"].startswith("application/javascript")
+
+
+def test_debug_samples_and_artifacts_through_the_files_proxy(
+    clearml_server: ClearMLServer, web: httpx.Client, reported_task: ReportedTask
+) -> None:
+    login(clearml_server, web)
+    base = f"/projects/*/tasks/{reported_task.task_id}"
+    debug = web.get(f"{base}/info-output/debugImages").text
+    image = re.search(r'<img src="(/files/[^"]+)"', debug)
+    assert image, debug[-2000:]
+    got = web.get(image.group(1))
+    assert got.status_code == 200 and len(got.content) > 0
+    artifacts = web.get(f"{base}/artifacts").text
+    link = re.search(r'<a href="(/files/[^"]+)" download>', artifacts)
+    assert link and "summary" in artifacts, artifacts[-2000:]
+    assert web.get(link.group(1)).status_code == 200
+    assert web.get("/files/../credentials.json").status_code in (400, 404)
 
 
 def test_actions_follow_the_server_state_machine(
