@@ -27,7 +27,7 @@ from clearml_local.store import Store
 from clearml_local.web import actions, data, pages
 from clearml_local.web.core import WebState, current_session, make_templates, render
 from clearml_local.web.gateway import Gateway
-from clearml_local.web.session import SessionStore
+from clearml_local.web.session import COOKIE_NAME, SessionStore
 
 STATIC_DIR = Path(__file__).with_name("static")
 #: Sent with every answer: no framing, no third-party scripts, no sniffing.
@@ -83,7 +83,7 @@ class _LoggedInFiles:
         request = Request(scope)
         if scope["method"] not in ("GET", "HEAD"):
             response: Response = PlainTextResponse("read-only", status_code=405)
-        elif self.sessions.find(request.cookies.get("fleetfl_session")) is None:
+        elif self.sessions.find(request.cookies.get(COOKIE_NAME)) is None:
             response = PlainTextResponse("Not logged in: log in at /login", status_code=401)
         else:
             await self.files_app(scope, receive, send)

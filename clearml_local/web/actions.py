@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from clearml_local.api import validation_error
 from clearml_local.web.core import action, back, current_session, safe_next, state
+
+#: The login form is three short fields: anything larger is refused before it is read.
+MAX_LOGIN_BODY = 4096
 
 _SIMPLE_TASK_ACTIONS = {
     # form action -> (endpoint, extra body, what the notice says)
@@ -213,7 +216,9 @@ async def login(request: Request) -> Response:
     from clearml_local.web.core import render
     from clearml_local.web.session import COOKIE_NAME, SESSION_TTL_S
 
-    form = await request.form()
+    if int(request.headers.get("content-length") or MAX_LOGIN_BODY + 1) > MAX_LOGIN_BODY:
+        return PlainTextResponse("Login form too large (or without Content-Length)", status_code=413)
+    form = await request.form(max_files=0, max_fields=8)
     access_key, secret_key = form.get("access_key"), form.get("secret_key")
     target = safe_next(form.get("next")) or "/projects"
     sessions = state(request).sessions

@@ -133,9 +133,10 @@ def action(handler: Endpoint) -> Endpoint:
 def back(request: Request, *, notice: str | None = None, error: str | None = None, to: str | None = None):
     """303 to ``to`` (default: the form's ``next`` or the referring page) with a message."""
     target = to or _safe_next(request.state.form.get("next")) or "/projects"
-    target = target.split("?", 1)[0] if (notice or error) else target
-    query = urllib.parse.urlencode({k: v for k, v in (("notice", notice), ("error", error)) if v})
-    return RedirectResponse(f"{target}?{query}" if query else target, status_code=303)
+    path, _, query = target.partition("?")
+    kept = [(k, v) for k, v in urllib.parse.parse_qsl(query) if k not in ("notice", "error")]
+    kept += [(k, v) for k, v in (("notice", notice), ("error", error)) if v]
+    return RedirectResponse(f"{path}?{urllib.parse.urlencode(kept)}" if kept else path, status_code=303)
 
 
 def _safe_next(value: Any) -> str | None:

@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clearml_local.web.core import data, state
+from clearml_local.web.views import compare_ids
 
 #: Points per series the charts ask for (the server averages the events into this many buckets).
 CHART_SAMPLES = 1000
@@ -28,7 +29,7 @@ async def scalars(request: Request) -> Response:
 @data
 async def compare_scalars(request: Request) -> Response:
     """``{metrics: {metric: {variant: {task_id: {name, x, y}}}}}`` of several tasks."""
-    ids = [i for raw in request.query_params.getlist("ids") for i in raw.split(",") if i]
+    ids = compare_ids(request.query_params.getlist("ids"))
     body = {"tasks": ids, "key": _key(request), "samples": CHART_SAMPLES}
     reply = await state(request).gateway.call("events.multi_task_scalar_metrics_iter_histogram", body)
     return JSONResponse(reply)

@@ -196,14 +196,12 @@ async def _trials(request: Request, task: dict[str, Any]) -> dict[str, Any]:
 
 @page
 async def compare(request: Request) -> Response:
-    ids = [i for raw in request.query_params.getlist("ids") for i in raw.split(",") if i]
+    ids = list(dict.fromkeys(views.compare_ids(request.query_params.getlist("ids"))))
     gw = state(request).gateway
     tasks = []
-    for task_id in dict.fromkeys(ids):
+    for task_id in ids:
         tasks.append(await gw.task(task_id))
-    return render(
-        request, "compare.html", tasks=tasks, diff=views.param_diff(tasks), ids=list(dict.fromkeys(ids))
-    )
+    return render(request, "compare.html", tasks=tasks, diff=views.param_diff(tasks), ids=ids)
 
 
 @page
@@ -285,13 +283,7 @@ async def datasets_page(request: Request) -> Response:
 async def dataset_page(request: Request) -> Response:
     gw = state(request).gateway
     task = await gw.task(request.path_params["task"])
-    lineage = [task]
-    while lineage[-1].get("parent") and len(lineage) < 50:
-        found = await gw.tasks({"id": [lineage[-1]["parent"]], "search_hidden": True})
-        if not found:
-            break
-        lineage.append(found[0])
-    return render(request, "dataset.html", task=task, lineage=lineage)
+    return render(request, "dataset.html", task=task, lineage=views.dataset_lineage(task))
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

@@ -148,6 +148,15 @@ def flat_params(task: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+#: Tasks one compare view overlays at most.
+MAX_COMPARED = 20
+
+
+def compare_ids(values: Iterable[str]) -> list[str]:
+    """Task ids from ``ids`` query values (repeated or comma-separated), at most :data:`MAX_COMPARED`."""
+    return [i for raw in values for i in raw.split(",") if i][:MAX_COMPARED]
+
+
 def param_diff(tasks: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows ``{name, values: [...], differs}`` over the union of the tasks' hyperparameters."""
     flats = [flat_params(t) for t in tasks]
@@ -207,6 +216,34 @@ def pipeline_dag(task: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
             }
         )
     return [layers[d] for d in sorted(layers)]
+
+
+def dataset_lineage(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The versions in a dataset task's ``Dataset Struct`` configuration (what clearml writes).
+
+    Each: ``job_id`` (the version's task), ``name``, ``version``, ``status``, ``parents`` (task ids),
+    this version first, then its ancestors. A missing or malformed structure gives ``[]``.
+    """
+    raw = ((task.get("configuration") or {}).get("Dataset Struct") or {}).get("value")
+    try:
+        nodes = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(nodes, dict):
+        return []
+    ids = {key: node.get("job_id") for key, node in nodes.items() if isinstance(node, dict)}
+    versions = [
+        {
+            "job_id": node.get("job_id"),
+            "name": node.get("name"),
+            "version": node.get("version"),
+            "status": node.get("status"),
+            "parents": [ids.get(str(p)) for p in node.get("parents") or [] if ids.get(str(p))],
+        }
+        for node in nodes.values()
+        if isinstance(node, dict) and node.get("job_id")
+    ]
+    return sorted(versions, key=lambda v: v["job_id"] != task.get("id"))
 
 
 def by_id(docs: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:

@@ -41,6 +41,8 @@ def test_login_checks_the_server_keys_and_sets_a_strict_cookie(
     assert wrong.status_code == 401
     assert "Wrong access key or secret key" in wrong.text
     assert "fleetfl_session" not in wrong.headers.get("set-cookie", "")
+    huge = web.post("/login", data={"access_key": "x" * 10_000, "secret_key": "y"})
+    assert huge.status_code == 413  # refused before the body is read
     ok = web.post(
         "/login",
         data={

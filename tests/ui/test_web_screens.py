@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from typing import Any
 
 import httpx
 
-from tests.fixtures.clearml import ClearMLServer
+from tests.fixtures.clearml import ClearMLServer, run_sdk_script
 from tests.ui.conftest import login
 
 
@@ -108,3 +109,36 @@ def test_queue_order_workers_and_bulk_archive(clearml_server: ClearMLServer, web
     assert "queued-1" not in web.get("/projects/*/experiments", params={"name": "queued-"}).text
     archived = web.get("/projects/*/experiments", params={"name": "queued-", "archived": "1"}).text
     assert "queued-1" in archived and "queued-2" in archived
+
+
+DATASETS = r"""
+import json, pathlib
+from clearml import Dataset
+
+folder = pathlib.Path("shard"); folder.mkdir(exist_ok=True)
+(folder / "a.txt").write_text("first")
+v1 = Dataset.create(dataset_name="web-ui-shard", dataset_project="web-ui-data", dataset_version="1.0.0")
+v1.add_files(str(folder)); v1.upload(); v1.finalize()
+(folder / "b.txt").write_text("second")
+v2 = Dataset.create(dataset_name="web-ui-shard", dataset_project="web-ui-data", dataset_version="1.1.0",
+                    parent_datasets=[v1.id])
+v2.add_files(str(folder)); v2.upload(); v2.finalize()
+print(json.dumps({"v1": v1.id, "v2": v2.id}))
+"""
+
+
+def test_dataset_versions_and_lineage(clearml_server: ClearMLServer, web: httpx.Client, tmp_path) -> None:
+    out = run_sdk_script(clearml_server, DATASETS, tmp_path)
+    ids = json.loads(out.strip().splitlines()[-1])
+    login(clearml_server, web)
+    listed = web.get("/datasets").text
+    assert ids["v1"] in listed and ids["v2"] in listed and "1.1.0" in listed
+    page = web.get(f"/datasets/simple/*/experiments/{ids['v2']}")
+    assert page.status_code == 200
+    lineage = page.text.split('id="lineage"', 1)[1]
+    assert lineage.index("1.1.0") < lineage.index("1.0.0")  # this version first, then its parent
+    assert f'/datasets/simple/*/experiments/{ids["v1"]}"><code>{ids["v1"][:8]}' in lineage
+    console = web.get(f"/data/tasks/{ids['v2']}/console").json()["lines"]
+    printed = [m for line in console for m in re.findall(r"ClearML dataset page: (\S+)", line["msg"])]
+    assert printed, console  # the link the SDK logs for a dataset version opens its page
+    assert web.get(urllib.parse.urlsplit(printed[-1]).path).status_code == 200
