@@ -19,6 +19,7 @@ from tests.fixtures.clearml import ClearMLServer
 from tests.ui.conftest import ReportedTask
 
 
+@pytest.mark.slow  # Chromium and its driver: ~15 s
 def test_login_chart_console_clone_edit_enqueue(
     chromium,
     clearml_server: ClearMLServer,
