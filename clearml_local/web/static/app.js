@@ -23,7 +23,10 @@ function drawCharts(root, data, compare) {
   const ids = compare ? JSON.parse(root.dataset.ids) : [];
   const metrics = compare ? data.metrics || {} : data;
   root.replaceChildren();
-  const titles = Object.keys(metrics).sort();
+  // FleetFL's per-round metrics ("global": mAP50-95, mAP50, loss) first, then the others by name.
+  const first = (root.dataset.first || "").split(",");
+  const rank = (title) => (first.includes(title) ? first.indexOf(title) : first.length);
+  const titles = Object.keys(metrics).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
   if (!titles.length) {
     root.innerHTML = '<p class="empty">No scalars reported.</p>';
     return;
@@ -48,9 +51,11 @@ function drawCharts(root, data, compare) {
     div.className = "chart";
     div.dataset.metric = metric;
     root.appendChild(div);
+    const xs = traces.flatMap((t) => t.x);
+    const fewIterations = !xTime && xs.length && Math.max(...xs) - Math.min(...xs) <= 20;
     Plotly.newPlot(div, traces, {
-      title: { text: metric }, margin: { t: 40, r: 20, b: 40, l: 50 },
-      xaxis: { title: { text: xTime ? "time" : "iteration" } }, legend: { orientation: "h" },
+      title: { text: metric }, margin: { t: 40, r: 20, b: 40, l: 50 }, legend: { orientation: "h" },
+      xaxis: { title: { text: xTime ? "time" : "iteration" }, dtick: fewIterations ? 1 : undefined },
     }, { displaylogo: false, responsive: true });
   }
 }
