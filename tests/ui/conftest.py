@@ -20,6 +20,7 @@ from clearml import Task
 task = Task.init(project_name="web-ui", task_name="federate-like", reuse_last_task_id=False,
                  auto_connect_frameworks=False, auto_resource_monitoring=False)
 task.connect({"rounds": 3, "lr": 0.01}, name="Args")
+task.connect_configuration({"imgsz": 64, "batch": 4}, name="federated")
 logger = task.get_logger()
 for rnd in (1, 2, 3):
     logger.report_scalar("global", "map50_95", value=0.1 * rnd, iteration=rnd)

@@ -6,6 +6,7 @@ real clearml SDK (``reported_task``).
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 
@@ -22,6 +23,9 @@ def _path(url: str) -> str:
 def test_pages_and_actions_refused_without_login(
     clearml_server: ClearMLServer, web: httpx.Client, reported_task: ReportedTask
 ) -> None:
+    state = json.loads((clearml_server.data_dir / "server.json").read_text())
+    assert state["web_host"] == clearml_server.web_host == f"http://127.0.0.1:{state['web_port']}"
+    assert state["web_port"] not in (0, state["api_port"], state["files_port"])
     page = _path(reported_task.page)
     reply = web.get(page)
     assert reply.status_code == 303
@@ -184,4 +188,30 @@ def test_actions_follow_the_server_state_machine(
     assert "error=Task+already+queued" in again.headers["location"]
     removed = web.post(f"/actions/queues/{queue}/remove", data={"csrf_token": token, "task": clone_id})
     assert removed.status_code == 303
-    assert 'status created">created' in web.get(f"/projects/*/tasks/{clone_id}").text.replace("'", '"')
+    assert _status(web, clone_id) == "created"
+
+    config = web.get(clone_url).text
+    assert "imgsz" in config and 'name="name" value="federated"' in config
+    edited = web.post(
+        f"/actions/tasks/{clone_id}/configuration",
+        data={"csrf_token": token, "next": clone_url, "name": "federated", "value": "imgsz: 96\nbatch: 4\n"},
+    )
+    assert "configuration" in urllib.parse.unquote_plus(edited.headers["location"])
+    assert "imgsz: 96" in web.get(clone_url).text
+    web.post(f"/actions/tasks/{clone_id}/tags", data={"csrf_token": token, "tags": "candidate, web"})
+    assert '<span class="tag">web</span>' in web.get(f"/projects/*/tasks/{clone_id}").text
+    steps = [("enqueue", "queued"), ("abort", "stopped"), ("reset", "created")]
+    steps += [("enqueue", "queued"), ("abort", "stopped"), ("publish", "published")]
+    for action, status in steps:
+        web.post(f"/actions/tasks/{clone_id}/{action}", data={"csrf_token": token, "queue": queue})
+        assert _status(web, clone_id) == status, action
+    refused = web.post(
+        f"/actions/tasks/{clone_id}/reset",
+        data={"csrf_token": token, "next": f"/projects/*/tasks/{clone_id}"},
+    )
+    assert "error=" in refused.headers["location"] and _status(web, clone_id) == "published"
+
+
+def _status(web: httpx.Client, task_id: str) -> str:
+    page = web.get(f"/projects/*/tasks/{task_id}").text
+    return re.search(r'<h1>.*?<span class="status (\w+)">', page, re.S).group(1)
