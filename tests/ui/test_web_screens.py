@@ -9,6 +9,7 @@ import urllib.parse
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.fixtures.clearml import ClearMLServer, run_sdk_script
 from tests.ui.conftest import login
@@ -127,6 +128,7 @@ print(json.dumps({"v1": v1.id, "v2": v2.id}))
 """
 
 
+@pytest.mark.slow  # an SDK process uploading two dataset versions: ~7-17 s
 def test_dataset_versions_and_lineage(clearml_server: ClearMLServer, web: httpx.Client, tmp_path) -> None:
     out = run_sdk_script(clearml_server, DATASETS, tmp_path)
     ids = json.loads(out.strip().splitlines()[-1])
