@@ -83,6 +83,10 @@ function setupCharts() {
   });
   document.getElementById("x-axis").addEventListener("change", load);
   load();
+  if (root.dataset.live === "1") {
+    // A running task: redraw with new points every 10 s (the server downsamples each time).
+    setInterval(() => { if (!document.hidden) load(); }, 10000);
+  }
 }
 
 function setupPlots() {
