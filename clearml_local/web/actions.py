@@ -1,4 +1,5 @@
-"""State-changing requests (POST, session + CSRF token): task, queue, pipeline and model actions.
+"""Login/logout and the state-changing requests (POST, session + CSRF token): task, queue,
+pipeline and model actions.
 
 Each one is one or a few endpoint calls; the server's state machine decides, and its refusal is
 shown on the page the form came from.
@@ -13,7 +14,8 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from clearml_local.api import validation_error
-from clearml_local.web.core import action, back, current_session, safe_next, state
+from clearml_local.web.core import action, back, current_session, render, safe_next, state
+from clearml_local.web.session import COOKIE_NAME, SESSION_TTL_S
 
 #: The login form is three short fields: anything larger is refused before it is read.
 MAX_LOGIN_BODY = 4096
@@ -204,8 +206,6 @@ async def model_action(request: Request) -> Response:
 
 
 async def login_form(request: Request) -> Response:
-    from clearml_local.web.core import render
-
     if current_session(request) is not None:
         return RedirectResponse(safe_next(request.query_params.get("next")) or "/projects", status_code=303)
     return render(request, "login.html", next=safe_next(request.query_params.get("next")) or "/projects")
@@ -213,9 +213,6 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     """Check the server's key pair; open a session (HttpOnly, SameSite=Strict cookie)."""
-    from clearml_local.web.core import render
-    from clearml_local.web.session import COOKIE_NAME, SESSION_TTL_S
-
     if int(request.headers.get("content-length") or MAX_LOGIN_BODY + 1) > MAX_LOGIN_BODY:
         return PlainTextResponse("Login form too large (or without Content-Length)", status_code=413)
     form = await request.form(max_files=0, max_fields=8)
@@ -236,8 +233,7 @@ async def login(request: Request) -> Response:
 
 @action
 async def logout(request: Request) -> Response:
-    from clearml_local.web.session import COOKIE_NAME
-
+    """End the session and drop its cookie."""
     state(request).sessions.close(request.state.session)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")

@@ -132,21 +132,18 @@ def action(handler: Endpoint) -> Endpoint:
 
 def back(request: Request, *, notice: str | None = None, error: str | None = None, to: str | None = None):
     """303 to ``to`` (default: the form's ``next`` or the referring page) with a message."""
-    target = to or _safe_next(request.state.form.get("next")) or "/projects"
+    target = to or safe_next(request.state.form.get("next")) or "/projects"
     path, _, query = target.partition("?")
     kept = [(k, v) for k, v in urllib.parse.parse_qsl(query) if k not in ("notice", "error")]
     kept += [(k, v) for k, v in (("notice", notice), ("error", error)) if v]
     return RedirectResponse(f"{path}?{urllib.parse.urlencode(kept)}" if kept else path, status_code=303)
 
 
-def _safe_next(value: Any) -> str | None:
+def safe_next(value: Any) -> str | None:
     """A local path to go back to (never another host: ``//evil`` and ``http://...`` are refused)."""
     if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return None
     return value
-
-
-safe_next = _safe_next
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:

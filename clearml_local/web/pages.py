@@ -286,10 +286,6 @@ async def dataset_page(request: Request) -> Response:
     return render(request, "dataset.html", task=task, lineage=views.dataset_lineage(task))
 
 
-async def not_found(request: Request, exc: Exception) -> Response:
-    return render(request, "not_found.html", status=404, message=f"No page at {request.url.path}")
-
-
 ROUTES = [
     Route("/", home),
     Route("/projects", projects),
