@@ -110,16 +110,21 @@ def test_login_chart_console_clone_edit_enqueue(
     )
     assert status == 403
 
-    # The experiments table shows the metric; two rows compare on one chart.
-    driver.get(f"{clearml_server.web_host}/projects/*/experiments?name=browser+clone")
+    # The project's experiments table: the mAP column, then two rows selected and compared.
+    project = urllib.parse.urlsplit(reported_task.page).path.split("/")[2]
+    driver.get(f"{clearml_server.web_host}/projects/{project}/experiments")
     wait_for(driver, ec.presence_of_element_located((By.ID, "experiments")), "no table")
+    assert "0.3000" in driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{reported_task.task_id}"]').text
     assert "queued" in driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{clone_id}"]').text
-    driver.get(f"{clearml_server.web_host}/compare?ids={reported_task.task_id}&ids={clone_id}")
+    for task_id in (reported_task.task_id, clone_id):
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{task_id}"] input[name="ids"]').click()
+    driver.save_screenshot(str(screenshots_dir / "06-experiments.png"))
+    driver.find_element(By.ID, "compare-selected").click()
     wait_for(
         driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".chart .main-svg")), "no compare chart"
     )
     assert "rounds" in driver.find_element(By.CSS_SELECTOR, "#param-diff tr.differs").text
-    driver.save_screenshot(str(screenshots_dir / "06-compare.png"))
+    driver.save_screenshot(str(screenshots_dir / "07-compare.png"))
 
     # Logged out (no cookie), a page is the login form again.
     driver.delete_all_cookies()
