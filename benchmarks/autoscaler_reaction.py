@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleetfl-autoscaler-bench-") as tmp:
         work = Path(tmp)
         data = work / "clearml"
-        _fleetfl("server", "start", "--data", str(data), "--api-port", "0", "--files-port", "0", "--detach")
+        ports = ("--api-port", "0", "--files-port", "0", "--web-port", "0")
+        _fleetfl("server", "start", "--data", str(data), *ports, "--detach")
         try:
             result = _measure(args, rng, work, data)
         finally:

@@ -38,7 +38,7 @@ from typing import Any
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FREE_PORTS = ("--api-port", "0", "--files-port", "0")
+FREE_PORTS = ("--api-port", "0", "--files-port", "0", "--web-port", "0")
 
 
 class Server:

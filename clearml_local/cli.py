@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
     start.add_argument(
         "--files-port", type=int, default=srv.DEFAULT_FILES_PORT, help="file server port (8081)"
     )
+    start.add_argument("--web-port", type=int, default=srv.DEFAULT_WEB_PORT, help="web UI port (8080)")
     start.add_argument("--detach", action="store_true", help="run in the background and return")
     start.set_defaults(func=cmd_start)
 
@@ -106,11 +107,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         from federated.runtime import configure_offline
 
         configure_offline(with_ultralytics=False)
-        run(ServerConfig(data_dir, args.host, args.api_port, args.files_port))
+        run(ServerConfig(data_dir, args.host, args.api_port, args.files_port, args.web_port))
         return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "clearml_local.server", "--data", str(data_dir), "--host", args.host]
     command += ["--api-port", str(args.api_port), "--files-port", str(args.files_port)]
+    command += ["--web-port", str(args.web_port)]
     with open(data_dir / "server.log", "ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -119,7 +121,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         state = running_state(data_dir)
         if state is not None and state.get("pid") == process.pid:
-            print(f"ClearML API {state['api_host']}  files {state['files_host']}  data {data_dir}")
+            print(
+                f"ClearML API {state['api_host']}  files {state['files_host']}  "
+                f"web UI {state['web_host']}  data {data_dir}"
+            )
             return 0
         if process.poll() is not None:
             raise ValueError(

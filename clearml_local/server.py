@@ -1,7 +1,7 @@
-"""Run the embedded server: the REST API and the file server, two uvicorn servers in one event loop.
+"""Run the embedded server: REST API, file server and web UI, three uvicorn servers in one event loop.
 
-``python -m clearml_local.server --data DIR [--host H] [--api-port P] [--files-port Q]`` (what
-``fleetfl server start`` runs). Port 0 picks a free port. Once both servers listen, the actual
+``python -m clearml_local.server --data DIR [--host H] [--api-port P] [--files-port Q] [--web-port W]``
+(what ``fleetfl server start`` runs). Port 0 picks a free port. Once the servers listen, the actual
 address is written to ``<data>/server.json`` (pid, host, ports, URLs), removed again on a clean exit.
 """
 
@@ -38,6 +38,7 @@ from clearml_local.settings import (
     read_state,
 )
 from clearml_local.store import Store
+from clearml_local.web import create_web_app
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     api_port: int = DEFAULT_API_PORT
     files_port: int = DEFAULT_FILES_PORT
+    web_port: int = DEFAULT_WEB_PORT
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
 
@@ -112,14 +114,20 @@ async def serve(config: ServerConfig) -> None:
     api_sock = _bind(config.host, config.api_port)
     files_sock = _bind(config.host, config.files_port)
     api_port, files_port = api_sock.getsockname()[1], files_sock.getsockname()[1]
+    web_sock = _bind(config.host, config.web_port)
+    web_port = web_sock.getsockname()[1]
     urls = {
         "api_host": _url(config.host, api_port),
         "files_host": _url(config.host, files_port),
-        "web_host": _url(config.host, DEFAULT_WEB_PORT if api_port == DEFAULT_API_PORT else api_port),
+        "web_host": _url(config.host, web_port),
     }
     api_app = create_api_app(store, authenticator, {"credentials": credentials, **urls})
     servers = [_Server(uvicorn.Config(api_app, log_level="warning", access_log=False, lifespan="off"))]
     sockets = [api_sock]
+    web_settings = {"credentials": credentials, "files_dir": str(data_dir / FILES_DIR), **urls}
+    web_app = create_web_app(store, authenticator, web_settings)
+    servers.append(_Server(uvicorn.Config(web_app, log_level="warning", access_log=False, lifespan="off")))
+    sockets.append(web_sock)
     file_app = _file_app(config, authenticator)
     if file_app is not None:
         servers.append(
@@ -144,10 +152,17 @@ async def serve(config: ServerConfig) -> None:
         if any(t.done() for t in tasks):
             break
         await asyncio.sleep(0.01)
-    state = {"pid": os.getpid(), "host": config.host, "api_port": api_port, "files_port": files_port, **urls}
+    ports = {"api_port": api_port, "files_port": files_port, "web_port": web_port}
+    state = {"pid": os.getpid(), "host": config.host, **ports, **urls}
     if all(srv.started for srv in servers):
         _write_state(data_dir, state)
-        log.info("ClearML API on %s, files on %s, data in %s", urls["api_host"], urls["files_host"], data_dir)
+        log.info(
+            "ClearML API on %s, files on %s, web UI on %s, data in %s",
+            urls["api_host"],
+            urls["files_host"],
+            urls["web_host"],
+            data_dir,
+        )
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -169,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
     parser.add_argument("--files-port", type=int, default=DEFAULT_FILES_PORT)
+    parser.add_argument("--web-port", type=int, default=DEFAULT_WEB_PORT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
@@ -176,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         api_port=args.api_port,
         files_port=args.files_port,
+        web_port=args.web_port,
     )
     run(config)
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8008
 DEFAULT_FILES_PORT = 8081
-#: The web UI port ClearML derives from the API port (8008 -> 8080); only used in printed links.
+#: The web UI's port (what ClearML derives from the API port 8008, so the SDK's printed links work).
 DEFAULT_WEB_PORT = 8080
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
 STATE_FILE = "server.json"

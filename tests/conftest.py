@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.federated",
     "tests.fixtures.clearml",
     "tests.fixtures.aws",
+    "tests.fixtures.browser",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,8 @@ def fleetfl(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # five CLI processes: ~5 s idle, 15 s on a loaded machine
 def test_server_start_status_env_stop(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    started = fleetfl(
-        "server", "start", "--data", str(data), "--api-port", "0", "--files-port", "0", "--detach"
-    )
+    free_ports = ("--api-port", "0", "--files-port", "0", "--web-port", "0")
+    started = fleetfl("server", "start", "--data", str(data), *free_ports, "--detach")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert "ClearML API http://127.0.0.1:" in started.stdout
@@ -56,6 +56,9 @@ def test_server_start_status_env_stop(tmp_path: Path) -> None:
             "CLEARML_CONFIG_FILE",
         }
         assert exports["CLEARML_API_HOST"] in started.stdout
+        assert f"web UI {exports['CLEARML_WEB_HOST']}" in started.stdout  # the web port 0 resolved
+        with urllib.request.urlopen(f"{exports['CLEARML_WEB_HOST']}/login", timeout=10) as login_page:
+            assert login_page.status == 200 and b'name="secret_key"' in login_page.read()
         text = conf.read_text()
         assert "report_use_subprocess: false" in text and exports["CLEARML_API_SECRET_KEY"] in text
         assert stat.S_IMODE(os.stat(conf).st_mode) == 0o600
