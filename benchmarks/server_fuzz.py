@@ -1,10 +1,13 @@
 """Fuzz every endpoint of the embedded ClearML server with schemathesis; prints one JSON object.
 
 The server describes its endpoints at ``/openapi.json`` (request bodies from the SDK's schemas).
-For each operation, schemathesis generates bodies that fit the schema (positive) and bodies that do
-not (negative: wrong types, missing fields, odd values), and each one is sent with the server's
-credentials. The invariant: no answer is a 500 (or any 5xx), no request takes longer than
-``--timeout`` seconds, and the server still answers ``debug.ping`` after each operation.
+Two passes, every request sent with the server's credentials: a type-swap pass sends each field of
+each endpoint with a value of every JSON type (the object ids pointing at real objects, so that the
+handler gets past them); then, for each operation, schemathesis generates bodies that fit the schema
+(positive) and bodies that do not (negative: wrong types, missing fields, odd values), some of
+their ids again swapped for real ones. The invariant: no answer is a 500 (or any 5xx), no request
+takes longer than ``--timeout`` seconds, and the server still answers ``debug.ping`` after each
+operation.
 
 Usage::
 
@@ -21,6 +24,7 @@ import argparse
 import collections
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +63,111 @@ def _json_lines(ctx: Any, value: Any) -> dict[str, Any]:
     return {"data": "\n".join(json.dumps(item) for item in items).encode()}
 
 
+#: Body fields that name one object, and the kind of object (what :func:`_real_objects` creates).
+_ID_FIELDS = {"task": "task", "parent": "task", "project": "project", "queue": "queue", "model": "model"}
+#: Body fields that name several objects.
+_ID_LIST_FIELDS = {
+    "tasks": "task",
+    "ids": "task",
+    "projects": "project",
+    "queues": "queue",
+    "models": "model",
+}
+
+
+def _real_objects(api_host: str, http: requests.Session) -> dict[str, str]:
+    """Create a project, a task with a scalar event, a queue and a model; return their ids by kind."""
+
+    def call(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return http.post(f"{api_host}/v2.23/{name}", json=body, timeout=30).json()["data"]
+
+    suffix = os.urandom(4).hex()
+    project = call("projects.create", {"name": f"fuzz-{suffix}", "description": ""})["id"]
+    task = call("tasks.create", {"name": f"fuzz-{suffix}", "type": "training", "project": project})["id"]
+    event = {
+        "type": "training_stats_scalar",
+        "task": task,
+        "iter": 1,
+        "metric": "m",
+        "variant": "v",
+        "value": 1.0,
+    }
+    http.post(f"{api_host}/v2.23/events.add", json=event, timeout=30)
+    queue = call("queues.create", {"name": f"fuzz-{suffix}"})["id"]
+    model = call("models.create", {"name": f"fuzz-{suffix}", "uri": "file:///m.pt", "task": task})["id"]
+    return {"task": task, "project": project, "queue": queue, "model": model}
+
+
+def _with_real_ids(body: Any, objects: dict[str, str], swaps: list[bool]) -> Any:
+    """``body`` with id fields pointing at real objects where ``swaps`` says so (else untouched):
+    random ids stop most handlers at "invalid id", before the code that reads the other fields."""
+    if not isinstance(body, dict):
+        return body
+    body = dict(body)
+    for index, key in enumerate(sorted(body)):
+        if not swaps[index % len(swaps)]:
+            continue
+        if key in _ID_FIELDS and isinstance(body[key], str):
+            body[key] = objects[_ID_FIELDS[key]]
+        elif key in _ID_LIST_FIELDS and isinstance(body[key], list):
+            body[key] = [objects[_ID_LIST_FIELDS[key]]]
+    return body
+
+
+#: Values of every JSON type (and edge values) that the type-swap pass puts into each field.
+SWAP_VALUES: tuple[Any, ...] = (
+    None,
+    True,
+    0,
+    -1,
+    2**63 - 1,
+    1.5,
+    "",
+    "x",
+    "-x",
+    [],
+    ["x"],
+    [1],
+    [[1]],
+    [{"a": 1}],
+    {},
+    {"a": 1},
+    {"$regex": 1},
+)
+
+
+def type_swaps(
+    api_host: str,
+    http: requests.Session,
+    document: dict[str, Any],
+    report: FuzzReport,
+    timeout: float,
+    values: tuple[Any, ...] = SWAP_VALUES,
+) -> None:
+    """For every endpoint and every field its schema names: send the field with each of ``values``,
+    the object ids pointing at real objects (so that the handler gets past them)."""
+    for path, item in document["paths"].items():
+        name = path.rsplit("/", 1)[-1]
+        content = item["post"]["requestBody"]["content"]
+        if "application/json" not in content:
+            continue
+        fields = sorted(content["application/json"]["schema"].get("properties") or {})
+        objects = _real_objects(api_host, http)
+        base = {key: objects[kind] for key, kind in _ID_FIELDS.items() if key in fields}
+        for field_name in fields:
+            for value in values:
+                body = {**base, field_name: value}
+                report.requests += 1
+                try:
+                    reply = http.post(f"{api_host}{path}", json=body, timeout=timeout)
+                except requests.Timeout:
+                    _record(report, name, body, f"no answer within {timeout} s")
+                    continue
+                report.status_counts[reply.status_code] += 1
+                if reply.status_code >= 500:
+                    _record(report, name, body, f"HTTP {reply.status_code}: {reply.text[:200]}")
+
+
 def _record(report: FuzzReport, operation: str, body: Any, problem: str) -> None:
     if sum(f["operation"] == operation for f in report.failures) < 3:  # a few per operation
         report.failures.append({"operation": operation, "problem": problem, "body": repr(body)[:300]})
@@ -71,6 +180,7 @@ def fuzz_server(
     request_timeout: float = 10.0,
     seed: int = 0,
     operations: list[str] | None = None,
+    swap_values: tuple[Any, ...] = SWAP_VALUES,
 ) -> FuzzReport:
     """Send ``examples`` positive and ``examples`` negative bodies to every endpoint of the server.
 
@@ -81,17 +191,24 @@ def fuzz_server(
         request_timeout: a request still unanswered after this many seconds is a failure (a hang).
         seed: hypothesis seed (the same seed replays the same bodies).
         operations: endpoint names to fuzz (default: all).
+        swap_values: the values of the :func:`type_swaps` pass (every field with each; none: no pass).
     """
     import hypothesis
     import schemathesis
-    from hypothesis import HealthCheck, Phase
+    from hypothesis import HealthCheck, Phase, strategies
     from schemathesis import GenerationMode
 
     schemathesis.serializer("application/json-lines")(_json_lines)
-    schema = schemathesis.openapi.from_url(f"{api_host}/openapi.json")
+    document = requests.get(f"{api_host}/openapi.json", timeout=30).json()
+    if operations is not None:
+        document["paths"] = {p: v for p, v in document["paths"].items() if p.rsplit("/", 1)[-1] in operations}
+    schema = schemathesis.openapi.from_dict(document)
     http = requests.Session()
     http.headers["Authorization"] = authorization
     report = FuzzReport()
+    if swap_values:
+        type_swaps(api_host, http, document, report, request_timeout, swap_values)
+    objects: dict[str, str] = {}
     settings = hypothesis.settings(
         max_examples=examples,
         deadline=None,
@@ -103,17 +220,19 @@ def fuzz_server(
     for result in schema.get_all_operations():
         operation = result.ok()
         name = operation.definition.raw.get("operationId") or operation.path
-        if operations is not None and name not in operations:
-            continue
         report.operations += 1
+        objects.update(_real_objects(api_host, http))  # afresh: the last endpoint may have deleted them
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = operation.as_strategy(generation_mode=mode)
 
             @settings
             @hypothesis.seed(seed)
-            @hypothesis.given(case=strategy)
-            def send(case: Any) -> None:
+            @hypothesis.given(
+                case=strategy, swaps=strategies.lists(strategies.booleans(), min_size=1, max_size=4)
+            )
+            def send(case: Any, swaps: list[bool]) -> None:
                 name = case.operation.definition.raw["operationId"]
+                case.body = _with_real_ids(case.body, objects, swaps)
                 report.requests += 1
                 try:
                     reply = case.call(base_url=api_host, session=http, timeout=request_timeout)
@@ -191,11 +310,9 @@ def main() -> int:
             seconds = time.monotonic() - started
         finally:
             stop_process(process)
-    print(
-        json.dumps(
-            {**report.as_dict(), "examples_per_mode": args.examples, "seconds": round(seconds, 1)}, indent=2
-        )
-    )
+        errors = server_errors(data_dir / "server.log")
+    summary = {**report.as_dict(), "server_errors": errors, "examples_per_mode": args.examples}
+    print(json.dumps({**summary, "seconds": round(seconds, 1)}, indent=2))
     return 1 if report.failures else 0
 
 

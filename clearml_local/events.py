@@ -849,7 +849,7 @@ def clear_task_log(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
     where, params = "task = ?", [task_id]
     if threshold:
         where += " AND timestamp < ?"
-        params.append(int((time.time() - threshold) * 1000))
+        params.append(max(int((time.time() - threshold) * 1000), -(2**63)))  # SQLite: 64-bit
     with ctx.store.transaction() as tx:
         deleted = tx.conn.exec_driver_sql(f"DELETE FROM event_logs WHERE {where}", tuple(params)).rowcount
     return {"deleted": max(deleted, 0)}

@@ -16,6 +16,7 @@ from clearml_local.api import (
     ApiError,
     RequestContext,
     endpoint,
+    id_list,
     opt_bool,
     opt_dict,
     opt_int,
@@ -203,11 +204,8 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
     explicit_ids = body.get("id")
     if not opt_bool(body, "search_hidden") and not explicit_ids:
         extra.append(not_hidden)
-    projects = body.get("project")
-    if projects is not None:
-        project_ids = [projects] if isinstance(projects, str) else projects
-        if not isinstance(project_ids, list):
-            raise validation_error("field 'project' must be a string or an array of strings")
+    project_ids = id_list(body, "project", allow_null=True)
+    if project_ids is not None:
         if opt_bool(body, "include_subprojects"):
             scope = subproject_ids(ctx.store, [p for p in project_ids if p])
             if None in project_ids:
