@@ -136,6 +136,21 @@ SWAP_VALUES: tuple[Any, ...] = (
 )
 
 
+def _field_names(schema: dict[str, Any], components: dict[str, Any]) -> list[str]:
+    """The property names of a body schema, those of its ``anyOf``/``oneOf``/``allOf`` variants too
+    (``events.add`` is one of several event schemas)."""
+    names: set[str] = set()
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if "$ref" in node:
+            node = components.get(node["$ref"].rsplit("/", 1)[-1], {})
+        names.update(node.get("properties") or {})
+        for key in ("anyOf", "oneOf", "allOf"):
+            pending.extend(item for item in node.get(key) or () if isinstance(item, dict))
+    return sorted(names)
+
+
 def type_swaps(
     api_host: str,
     http: requests.Session,
@@ -151,7 +166,7 @@ def type_swaps(
         content = item["post"]["requestBody"]["content"]
         if "application/json" not in content:
             continue
-        fields = sorted(content["application/json"]["schema"].get("properties") or {})
+        fields = _field_names(content["application/json"]["schema"], document["components"]["schemas"])
         objects = _real_objects(api_host, http)
         base = {key: objects[kind] for key, kind in _ID_FIELDS.items() if key in fields}
         for field_name in fields:
