@@ -154,33 +154,33 @@ def _field_names(schema: dict[str, Any], components: dict[str, Any]) -> list[str
 def type_swaps(
     api_host: str,
     http: requests.Session,
+    path: str,
     document: dict[str, Any],
+    objects: dict[str, str],
     report: FuzzReport,
     timeout: float,
     values: tuple[Any, ...] = SWAP_VALUES,
 ) -> None:
-    """For every endpoint and every field its schema names: send the field with each of ``values``,
-    the object ids pointing at real objects (so that the handler gets past them)."""
-    for path, item in document["paths"].items():
-        name = path.rsplit("/", 1)[-1]
-        content = item["post"]["requestBody"]["content"]
-        if "application/json" not in content:
-            continue
-        fields = _field_names(content["application/json"]["schema"], document["components"]["schemas"])
-        objects = _real_objects(api_host, http)
-        base = {key: objects[kind] for key, kind in _ID_FIELDS.items() if key in fields}
-        for field_name in fields:
-            for value in values:
-                body = {**base, field_name: value}
-                report.requests += 1
-                try:
-                    reply = http.post(f"{api_host}{path}", json=body, timeout=timeout)
-                except requests.Timeout:
-                    _record(report, name, body, f"no answer within {timeout} s")
-                    continue
-                report.status_counts[reply.status_code] += 1
-                if reply.status_code >= 500:
-                    _record(report, name, body, f"HTTP {reply.status_code}: {reply.text[:200]}")
+    """Send every field the schema of endpoint ``path`` names with each of ``values``, the object
+    ids pointing at the real ``objects`` (so that the handler gets past them)."""
+    name = path.rsplit("/", 1)[-1]
+    content = document["paths"][path]["post"]["requestBody"]["content"]
+    if "application/json" not in content:
+        return
+    fields = _field_names(content["application/json"]["schema"], document["components"]["schemas"])
+    base = {key: objects[kind] for key, kind in _ID_FIELDS.items() if key in fields}
+    for field_name in fields:
+        for value in values:
+            body = {**base, field_name: value}
+            report.requests += 1
+            try:
+                reply = http.post(f"{api_host}{path}", json=body, timeout=timeout)
+            except requests.Timeout:
+                _record(report, name, body, f"no answer within {timeout} s")
+                continue
+            report.status_counts[reply.status_code] += 1
+            if reply.status_code >= 500:
+                _record(report, name, body, f"HTTP {reply.status_code}: {reply.text[:200]}")
 
 
 def _record(report: FuzzReport, operation: str, body: Any, problem: str) -> None:
@@ -221,8 +221,6 @@ def fuzz_server(
     http = requests.Session()
     http.headers["Authorization"] = authorization
     report = FuzzReport()
-    if swap_values:
-        type_swaps(api_host, http, document, report, request_timeout, swap_values)
     objects: dict[str, str] = {}
     settings = hypothesis.settings(
         max_examples=examples,
@@ -237,6 +235,10 @@ def fuzz_server(
         name = operation.definition.raw.get("operationId") or operation.path
         report.operations += 1
         objects.update(_real_objects(api_host, http))  # afresh: the last endpoint may have deleted them
+        if swap_values:
+            type_swaps(
+                api_host, http, operation.path, document, objects, report, request_timeout, swap_values
+            )
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = operation.as_strategy(generation_mode=mode)
 

@@ -79,6 +79,7 @@ sys.exit(0 if not task._report_subprocess_enabled else 3)
 """
 
 
+@pytest.mark.slow  # a CLI process and an SDK script: ~9 s idle, 20 s on a loaded machine
 def test_plain_server_env_makes_the_sdk_exit_promptly(clearml_server, tmp_path: Path) -> None:
     """``eval "$(fleetfl server env)"`` without ``--write-conf``: the exports include the data dir's
     clearml.conf, which turns off the SDK's event-reporting subprocess (which could hang ~300 s at

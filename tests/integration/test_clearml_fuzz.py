@@ -18,8 +18,8 @@ from tests.integration.test_clearml_durability import ServerProcess
 
 #: Generated bodies per endpoint and mode (positive, negative): ~450 requests.
 EXAMPLES = 2
-#: Values of the type-swap pass (each field of each endpoint gets each): ~2,700 requests.
-SWAP_VALUES = (True, 2**63 - 1, "x", [1], [{"a": 1}], {"a": 1})
+#: Values of the type-swap pass (each field of each endpoint gets each): ~1,900 requests.
+SWAP_VALUES = (True, 2**63 - 1, [1], {"a": 1})
 #: A request unanswered after this long counts as a hang.
 REQUEST_TIMEOUT_S = 10.0
 
@@ -34,10 +34,10 @@ def test_openapi_document_lists_every_endpoint_with_the_sdk_schemas(clearml_serv
     get_all = document["paths"]["/v2.23/tasks.get_all"]["post"]["requestBody"]["content"]["application/json"]
     assert "array" in get_all["schema"]["properties"]["order_by"]["type"]
     batch = document["paths"]["/v2.23/events.add_batch"]["post"]["requestBody"]["content"]
-    assert batch["application/json-lines"]["schema"]["items"]["properties"]["task"]
+    assert batch["application/json-lines"]["schema"]["items"]["anyOf"]  # one of the event schemas
 
 
-@pytest.mark.slow  # ~3,000 requests: ~40 s on 2 busy cores
+@pytest.mark.slow  # ~2,900 requests: ~50 s on 2 cores
 def test_fuzzing_every_endpoint_finds_no_500_and_no_hang(tmp_path: Path) -> None:
     load_handlers()
     server = ServerProcess(tmp_path / "data")

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
+
 from clearml_local.fileserver import TEMP_SUFFIX
 from clearml_local.services.tasks import REQUEUED_AT_START
 from tests.integration.test_clearml_durability import ServerProcess
@@ -60,6 +62,7 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
     return False
 
 
+@pytest.mark.slow  # two server processes: ~4 s idle, 16 s on a loaded machine
 def test_private_data_dir_and_restart_after_sigkill(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o755)
