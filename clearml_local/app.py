@@ -27,7 +27,7 @@ from starlette.routing import Route
 from clearml_local import services
 from clearml_local.api import ENDPOINTS, RAW_BODY_ENDPOINTS, ApiError, RequestContext
 from clearml_local.auth import Authenticator
-from clearml_local.jsonbody import check_depth, parse_object
+from clearml_local.jsonbody import check_raw, parse_object
 from clearml_local.openapi import openapi_document
 from clearml_local.settings import DEFAULT_MAX_REQUEST_BYTES, MAX_JSON_DEPTH
 from clearml_local.store import Store
@@ -130,8 +130,8 @@ def create_api_app(
             handler = ENDPOINTS.get(name)
             if handler is None:
                 raise ApiError(404, 0, f"Unable to find endpoint for name {name} and version {version}")
-            if name in RAW_BODY_ENDPOINTS:  # json-lines, parsed by the handler: only the depth here
-                await run_in_threadpool(check_depth, raw, MAX_JSON_DEPTH)
+            if name in RAW_BODY_ENDPOINTS:  # json-lines, parsed by the handler; checked here
+                await run_in_threadpool(check_raw, raw, MAX_JSON_DEPTH)
                 body = {}
             else:
                 body = await run_in_threadpool(_parse_body, raw, request)

@@ -59,20 +59,21 @@ def _checked_int(text: str) -> int:
     return value
 
 
-def check_depth(raw: bytes, max_depth: int) -> None:
-    """400/11 when ``raw`` nests deeper than ``max_depth``."""
+def check_raw(raw: bytes, max_depth: int) -> None:
+    """400/11 when ``raw`` (JSON or json-lines) nests deeper than ``max_depth`` or holds a ``\\u``
+    escape that is half of a surrogate pair: the checks that need no parse."""
     depth = nesting_depth(raw)
     if depth > max_depth:
         raise ApiError(400, 11, f"Malformed JSON body: nested {depth} levels deep (limit {max_depth})")
+    if b"\\u" in raw and _LONE_SURROGATE.search(raw.replace(b"\\\\", b"")):
+        raise ApiError(400, 11, "Malformed JSON body: a \\u escape is half of a UTF-16 surrogate pair")
 
 
 def loads(raw: bytes | str, max_depth: int) -> Any:
     """Parse one JSON document; 400/11 when malformed or nested deeper than ``max_depth``,
     400/12 for an integer beyond 64 bits."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    check_depth(data, max_depth)
-    if b"\\u" in data and _LONE_SURROGATE.search(data.replace(b"\\\\", b"")):
-        raise ApiError(400, 11, "Malformed JSON body: a \\u escape is half of a UTF-16 surrogate pair")
+    check_raw(data, max_depth)
     try:
         return json.loads(data, parse_int=_checked_int)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -76,10 +76,11 @@ def test_bodies_within_the_limits_are_accepted(api) -> None:
     assert task["name"] == "ok \U0001f600" and task["runtime"] == runtime
 
 
-def test_json_lines_bodies_are_depth_checked_too(api) -> None:
+def test_json_lines_bodies_are_checked_too(api) -> None:
     client, _ = api
-    lines = '{"type": "log", "task": "t", "msg": "fine"}\n{"x": ' + nested(1000) + "}"
-    assert post(client, "events.add_batch", lines, "application/json-lines")[:2] == (400, 11)
+    fine = '{"type": "log", "task": "t", "msg": "fine"}\n'
+    for bad in ('{"x": ' + nested(1000) + "}", '{"type": "log", "task": "t", "msg": "\\udfff"}'):
+        assert post(client, "events.add_batch", fine + bad, "application/json-lines")[:2] == (400, 11)
 
 
 def test_bodies_over_the_cap_get_413_declared_or_streamed(api) -> None:
