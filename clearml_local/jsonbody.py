@@ -36,13 +36,18 @@ def nesting_depth(raw: bytes) -> int:
     """The deepest ``[``/``{`` nesting of a JSON text (or of several json-lines), strings skipped.
 
     Cheap: escaped backslashes and escaped quotes are dropped, then everything but quotes and
-    brackets (C-speed byte operations); numpy walks what is left. Brackets between an odd and an
+    brackets, then adjacent quote pairs (C-speed byte operations); numpy walks what is left
+    (~10 ms per MB of event batches, a quarter of parsing them). Brackets between an odd and an
     even quote are inside a string. Closers without an opener (malformed input) never lower the
     count below the deepest point reached before them, so no arrangement of brackets hides depth.
     """
     if raw.count(b"[") + raw.count(b"{") == 0:
         return 0
-    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Two adjacent quotes can go: removing them changes no later quote's parity. What is left of
+    # typical JSON (strings without brackets) is the brackets alone.
+    structure = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
     codes = np.frombuffer(structure, dtype=np.uint8)
     outside = np.cumsum(codes == _CODES[ord('"')], dtype=np.int64) % 2 == 0
     opens = ((codes == _CODES[ord("[")]) | (codes == _CODES[ord("{")])) & outside
