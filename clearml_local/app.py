@@ -122,7 +122,6 @@ def create_api_app(
             return envelope(request.url.path.strip("/"), None, None, 404, 0, "Invalid endpoint path")
         name, version = match["name"], match["version"]
         try:
-            raw = await _read_body(request, max_request_bytes)
             authorization = request.headers.get("authorization")
             if name == "auth.login":
                 return envelope(name, version, authenticator.login(authorization))
@@ -130,6 +129,8 @@ def create_api_app(
             handler = ENDPOINTS.get(name)
             if handler is None:
                 raise ApiError(404, 0, f"Unable to find endpoint for name {name} and version {version}")
+            # read only after the credentials were checked: a stranger cannot make it buffer a body
+            raw = await _read_body(request, max_request_bytes)
             if name in RAW_BODY_ENDPOINTS:  # json-lines, parsed by the handler; checked here
                 await run_in_threadpool(check_raw, raw, MAX_JSON_DEPTH)
                 body = {}
