@@ -136,19 +136,35 @@ SWAP_VALUES: tuple[Any, ...] = (
 )
 
 
-def _field_names(schema: dict[str, Any], components: dict[str, Any]) -> list[str]:
-    """The property names of a body schema, those of its ``anyOf``/``oneOf``/``allOf`` variants too
-    (``events.add`` is one of several event schemas)."""
-    names: set[str] = set()
-    pending = [schema]
+def _variants(schema: dict[str, Any], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """``schema`` and its ``anyOf``/``oneOf``/``allOf`` variants, references resolved."""
+    found, pending = [], [schema]
     while pending:
         node = pending.pop()
         if "$ref" in node:
             node = components.get(node["$ref"].rsplit("/", 1)[-1], {})
-        names.update(node.get("properties") or {})
+        found.append(node)
         for key in ("anyOf", "oneOf", "allOf"):
             pending.extend(item for item in node.get(key) or () if isinstance(item, dict))
-    return sorted(names)
+    return found
+
+
+def field_paths(schema: dict[str, Any], components: dict[str, Any], depth: int = 2) -> list[tuple[str, ...]]:
+    """The property paths of a body schema down to ``depth`` levels (``("script", "repository")``),
+    through ``anyOf``/``oneOf``/``allOf`` variants (``events.add`` is one of several event schemas)."""
+    paths: set[tuple[str, ...]] = set()
+    for node in _variants(schema, components):
+        for key, sub in (node.get("properties") or {}).items():
+            paths.add((key,))
+            if depth > 1 and isinstance(sub, dict):
+                paths.update((key, *rest) for rest in field_paths(sub, components, depth - 1))
+    return sorted(paths)
+
+
+def _nest(path: tuple[str, ...], value: Any) -> Any:
+    for key in reversed(path):
+        value = {key: value}
+    return value
 
 
 def type_swaps(
@@ -160,18 +176,20 @@ def type_swaps(
     report: FuzzReport,
     timeout: float,
     values: tuple[Any, ...] = SWAP_VALUES,
+    depth: int = 2,
 ) -> None:
-    """Send every field the schema of endpoint ``path`` names with each of ``values``, the object
-    ids pointing at the real ``objects`` (so that the handler gets past them)."""
+    """Send every field the schema of endpoint ``path`` names (nested ones down to ``depth``
+    levels) with each of ``values``, the object ids pointing at the real ``objects`` (so that the
+    handler gets past them)."""
     name = path.rsplit("/", 1)[-1]
     content = document["paths"][path]["post"]["requestBody"]["content"]
     if "application/json" not in content:
         return
-    fields = _field_names(content["application/json"]["schema"], document["components"]["schemas"])
-    base = {key: objects[kind] for key, kind in _ID_FIELDS.items() if key in fields}
-    for field_name in fields:
+    fields = field_paths(content["application/json"]["schema"], document["components"]["schemas"], depth)
+    base = {key: objects[kind] for key, kind in _ID_FIELDS.items() if (key,) in fields}
+    for field_path in fields:
         for value in values:
-            body = {**base, field_name: value}
+            body = {**base, **_nest(field_path, value)}
             report.requests += 1
             try:
                 reply = http.post(f"{api_host}{path}", json=body, timeout=timeout)
@@ -196,6 +214,7 @@ def fuzz_server(
     seed: int = 0,
     operations: list[str] | None = None,
     swap_values: tuple[Any, ...] = SWAP_VALUES,
+    swap_depth: int = 2,
 ) -> FuzzReport:
     """Send ``examples`` positive and ``examples`` negative bodies to every endpoint of the server.
 
@@ -207,6 +226,7 @@ def fuzz_server(
         seed: hypothesis seed (the same seed replays the same bodies).
         operations: endpoint names to fuzz (default: all).
         swap_values: the values of the :func:`type_swaps` pass (every field with each; none: no pass).
+        swap_depth: how deep into nested objects the type-swap pass goes.
     """
     import hypothesis
     import schemathesis
@@ -237,7 +257,15 @@ def fuzz_server(
         objects.update(_real_objects(api_host, http))  # afresh: the last endpoint may have deleted them
         if swap_values:
             type_swaps(
-                api_host, http, operation.path, document, objects, report, request_timeout, swap_values
+                api_host,
+                http,
+                operation.path,
+                document,
+                objects,
+                report,
+                request_timeout,
+                swap_values,
+                swap_depth,
             )
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = operation.as_strategy(generation_mode=mode)
@@ -308,6 +336,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a request is a hang")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None, help="endpoint names (default: all)")
+    parser.add_argument("--swap-depth", type=int, default=3, help="nesting levels of the type-swap pass")
     args = parser.parse_args()
     from tests.fixtures.clearml import start_server, stop_process
 
@@ -323,6 +352,7 @@ def main() -> int:
                 args.timeout,
                 args.seed,
                 args.only,
+                swap_depth=args.swap_depth,
             )
             seconds = time.monotonic() - started
         finally:

@@ -230,6 +230,8 @@ def _pattern_filters(body: dict[str, Any]) -> list[Any]:
         spec = body.get(key)
         if not isinstance(spec, dict) or not spec.get("pattern"):
             continue
+        if not isinstance(spec["pattern"], str):
+            raise validation_error(f"field '{key}.pattern' must be a string")
         fields = spec.get("fields") or ["id", "name"]
         checks = [regex_predicate(f, spec["pattern"]) for f in fields if isinstance(f, str)]
         predicates.append(lambda d, c=checks, f=combine: f(check(d) for check in c))

@@ -66,6 +66,23 @@ def test_malformed_bodies_get_a_400(api, body: Any, code: int, subcode: int, wor
     assert store.count("tasks") == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("tasks.get_all", {"order_by": 5}),
+        ("projects.get_all", {"order_by": True}),
+        ("tasks.get_all", {"project": [{"a": 1}]}),
+        ("models.get_all", {"project": [["x"]]}),
+        ("tasks.get_all", {"_any_": {"pattern": 5, "fields": ["name"]}}),
+    ],
+)
+def test_wrongly_typed_fields_get_a_400(api, name: str, body: dict) -> None:
+    """Each of these answered 500 (found by benchmarks/server_fuzz.py's type-swap pass)."""
+    client, _ = api
+    code, subcode, message = post(client, name, json.dumps(body))
+    assert (code, subcode) == (400, 12) and "must be" in message
+
+
 def test_bodies_within_the_limits_are_accepted(api) -> None:
     client, store = api
     deep = nested(MAX_JSON_DEPTH - 2)
