@@ -198,3 +198,16 @@ def str_list(body: dict[str, Any], name: str, required: bool = False) -> list[st
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise validation_error(f"field '{name}' must be an array of strings")
     return value
+
+
+def id_list(body: dict[str, Any], name: str, allow_null: bool = False) -> list[Any] | None:
+    """An id filter: ``None`` when absent, a string as a one-item list, or an array of strings
+    (``null`` items too where ``allow_null``: e.g. ``project: [null]``, the root); 400/12 otherwise."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) or (allow_null and v is None) for v in value):
+        return value
+    raise validation_error(f"field '{name}' must be a string or an array of strings")

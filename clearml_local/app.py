@@ -27,11 +27,16 @@ from starlette.routing import Route
 from clearml_local import services
 from clearml_local.api import ENDPOINTS, RAW_BODY_ENDPOINTS, ApiError, RequestContext
 from clearml_local.auth import Authenticator
+from clearml_local.jsonbody import check_raw, parse_object
+from clearml_local.openapi import openapi_document
+from clearml_local.settings import DEFAULT_MAX_REQUEST_BYTES, MAX_JSON_DEPTH
 from clearml_local.store import Store
 
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"^/(?:api/)?(?:v(?P<version>\d+\.\d+)/)?(?P<name>[A-Za-z_]+\.[A-Za-z_]+)/?$")
+#: Where the OpenAPI description of the endpoints is served (without credentials).
+OPENAPI_PATH = "/openapi.json"
 #: Endpoints answered without credentials.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "debug.ping", "server.info"})
 
@@ -91,21 +96,32 @@ def envelope(
 
 
 def create_api_app(
-    store: Store, authenticator: Authenticator, extra: dict[str, Any] | None = None
+    store: Store,
+    authenticator: Authenticator,
+    extra: dict[str, Any] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> Starlette:
-    """The REST API app over ``store``; ``extra`` is handed to handlers as ``ctx.extra``."""
+    """The REST API app over ``store``; ``extra`` is handed to handlers as ``ctx.extra``.
+
+    A body larger than ``max_request_bytes`` is refused with 413 while it streams in; a JSON body
+    nested deeper than :data:`~clearml_local.settings.MAX_JSON_DEPTH` with 400 before it is parsed.
+    """
+    if max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
     load_handlers()
     init_optional_modules(store)
     settings = dict(extra or {})
     trace = os.environ.get("FLEETFL_SERVER_TRACE", "") not in ("", "0")
 
     async def dispatch(request: Request) -> Response:
+        if request.url.path == OPENAPI_PATH:
+            document = await run_in_threadpool(openapi_document)
+            return Response(document, media_type="application/json")
         match = _PATH.match(request.url.path)
         if match is None:
             return envelope(request.url.path.strip("/"), None, None, 404, 0, "Invalid endpoint path")
         name, version = match["name"], match["version"]
         try:
-            raw = await request.body()
             authorization = request.headers.get("authorization")
             if name == "auth.login":
                 return envelope(name, version, authenticator.login(authorization))
@@ -113,7 +129,13 @@ def create_api_app(
             handler = ENDPOINTS.get(name)
             if handler is None:
                 raise ApiError(404, 0, f"Unable to find endpoint for name {name} and version {version}")
-            body = {} if name in RAW_BODY_ENDPOINTS else _parse_body(raw, request)
+            # read only after the credentials were checked: a stranger cannot make it buffer a body
+            raw = await _read_body(request, max_request_bytes)
+            if name in RAW_BODY_ENDPOINTS:  # json-lines, parsed by the handler; checked here
+                await run_in_threadpool(check_raw, raw, MAX_JSON_DEPTH)
+                body = {}
+            else:
+                body = await run_in_threadpool(_parse_body, raw, request)
             ctx = RequestContext(
                 store=store,
                 user=user,
@@ -140,14 +162,22 @@ def create_api_app(
     return Starlette(routes=routes)
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, 0, f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, 0, f"Request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _parse_body(raw: bytes, request: Request) -> dict[str, Any]:
     """The JSON object body (query-string parameters fill in when there is no body)."""
     if raw.strip():
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, 11, f"Malformed JSON body: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, 11, "Malformed request body: expected a JSON object")
-        return body
+        return parse_object(raw, MAX_JSON_DEPTH)
     return {key: value for key, value in request.query_params.items()}

@@ -15,6 +15,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from clearml_local.clientconf import clearml_conf, client_env, write_conf
+
+__all__ = ["clearml_conf", "client_settings", "register", "running_state", "stop_server", "write_conf"]
+
 LOG = logging.getLogger(__name__)
 
 #: How long ``start --detach`` and ``stop`` wait for the server.
@@ -39,6 +43,12 @@ def register(subparsers: Any) -> None:
         "--files-port", type=int, default=srv.DEFAULT_FILES_PORT, help="file server port (8081)"
     )
     start.add_argument("--web-port", type=int, default=srv.DEFAULT_WEB_PORT, help="web UI port (8080)")
+    start.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=srv.DEFAULT_MAX_REQUEST_BYTES / 1024**2,
+        help="cap on one REST API request body in MiB (default %(default).0f); larger ones get 413",
+    )
     start.add_argument("--detach", action="store_true", help="run in the background and return")
     start.set_defaults(func=cmd_start)
 
@@ -107,13 +117,27 @@ def cmd_start(args: argparse.Namespace) -> int:
         from federated.runtime import configure_offline
 
         configure_offline(with_ultralytics=False)
-        run(ServerConfig(data_dir, args.host, args.api_port, args.files_port, args.web_port))
+        max_request = max(1, int(args.max_request_mb * 1024**2))
+        run(
+            ServerConfig(
+                data_dir,
+                args.host,
+                args.api_port,
+                args.files_port,
+                args.web_port,
+                max_request_bytes=max_request,
+            )
+        )
         return 0
-    data_dir.mkdir(parents=True, exist_ok=True)
+    from clearml_local.datadir import make_private_dir, open_private
+    from clearml_local.settings import LOG_FILE
+
+    make_private_dir(data_dir)
     command = [sys.executable, "-m", "clearml_local.server", "--data", str(data_dir), "--host", args.host]
     command += ["--api-port", str(args.api_port), "--files-port", str(args.files_port)]
     command += ["--web-port", str(args.web_port)]
-    with open(data_dir / "server.log", "ab") as log:
+    command += ["--max-request-mb", str(args.max_request_mb)]
+    with os.fdopen(open_private(data_dir / LOG_FILE), "ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -202,65 +226,32 @@ def client_settings(data_dir: Path) -> dict[str, str]:
     """
     from clearml_local import settings as srv
     from clearml_local.auth import load_or_create_credentials
+    from clearml_local.datadir import make_private_dir
 
+    make_private_dir(data_dir)
     creds = load_or_create_credentials(data_dir)
     state = srv.read_state(data_dir) or {
         "api_host": f"http://{srv.DEFAULT_HOST}:{srv.DEFAULT_API_PORT}",
         "files_host": f"http://{srv.DEFAULT_HOST}:{srv.DEFAULT_FILES_PORT}",
         "web_host": f"http://{srv.DEFAULT_HOST}:{srv.DEFAULT_WEB_PORT}",
     }
-    return {
-        "CLEARML_API_HOST": state["api_host"],
-        "CLEARML_WEB_HOST": state["web_host"],
-        "CLEARML_FILES_HOST": state["files_host"],
-        "CLEARML_API_ACCESS_KEY": creds.access_key,
-        "CLEARML_API_SECRET_KEY": creds.secret_key,
-    }
-
-
-def clearml_conf(settings: dict[str, str]) -> str:
-    """A clearml.conf (HOCON) for the SDK and clearml-agent."""
-    return f"""# Written by `fleetfl server env --write-conf`: the embedded FleetFL ClearML server.
-api {{
-    api_server: "{settings["CLEARML_API_HOST"]}"
-    web_server: "{settings["CLEARML_WEB_HOST"]}"
-    files_server: "{settings["CLEARML_FILES_HOST"]}"
-    credentials {{
-        access_key: "{settings["CLEARML_API_ACCESS_KEY"]}"
-        secret_key: "{settings["CLEARML_API_SECRET_KEY"]}"
-    }}
-}}
-sdk {{
-    development {{
-        # clearml 2.1.12's reporting subprocess can hang 300 s ("Event reporting sub-process lost")
-        report_use_subprocess: false
-    }}
-}}
-agent {{
-    package_manager {{ type: pip }}
-}}
-"""
-
-
-def write_conf(path: Path, settings: dict[str, str]) -> None:
-    """Write a clearml.conf with mode 0600 (it holds the secret key), atomically."""
-    path = path.expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(clearml_conf(settings))
-    os.replace(tmp, path)
+    return client_env(state, creds)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    """Print ``export`` lines for the SDK/agent; optionally write a clearml.conf."""
+    """Print ``export`` lines for the SDK/agent, ``CLEARML_CONFIG_FILE`` included: the data dir's
+    clearml.conf (no keys), or with ``--write-conf PATH`` a full one written there."""
     import shlex
 
-    settings = client_settings(_data_dir(args))
+    from clearml_local.settings import CONF_FILE
+
+    data_dir = _data_dir(args)
+    settings = client_settings(data_dir)
     for key, value in settings.items():
         print(f"export {key}={shlex.quote(value)}")
     if args.write_conf is not None:
-        write_conf(args.write_conf, settings)
-        print(f"export CLEARML_CONFIG_FILE={shlex.quote(str(args.write_conf.expanduser().resolve()))}")
+        conf = write_conf(args.write_conf, settings)
+    else:
+        conf = write_conf(data_dir / CONF_FILE, settings, with_credentials=False)
+    print(f"export CLEARML_CONFIG_FILE={shlex.quote(str(conf))}")
     return 0

@@ -306,7 +306,7 @@ class _Batch:
         if not isinstance(event, dict):
             raise _EventError("event must be a JSON object")
         etype = event.get("type")
-        if etype not in EVENT_TYPES:
+        if not isinstance(etype, str) or etype not in EVENT_TYPES:  # a list/dict is unhashable
             raise _EventError(f"unknown event type {etype!r}")
         task_id = event.get("task")
         if not isinstance(task_id, str) or not task_id:
@@ -849,7 +849,7 @@ def clear_task_log(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
     where, params = "task = ?", [task_id]
     if threshold:
         where += " AND timestamp < ?"
-        params.append(int((time.time() - threshold) * 1000))
+        params.append(max(int((time.time() - threshold) * 1000), -(2**63)))  # SQLite: 64-bit
     with ctx.store.transaction() as tx:
         deleted = tx.conn.exec_driver_sql(f"DELETE FROM event_logs WHERE {where}", tuple(params)).rowcount
     return {"deleted": max(deleted, 0)}

@@ -51,6 +51,11 @@ DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
 #: Suffix of the temporary files an upload writes before moving them into place.
 TEMP_SUFFIX = ".fleetfl-upload"
 
+#: Longest file name and path the file systems Linux uses accept (NAME_MAX, PATH_MAX), in bytes.
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096
+#: What the temp name of an upload adds to the object's name: ``.`` + 32 hex digits + the suffix.
+_TEMP_NAME_EXTRA = 1 + 1 + 32 + len(TEMP_SUFFIX)
+
 BearerVerifier = Callable[[str], object]
 
 
@@ -73,17 +78,24 @@ def resolve_object_path(root: Path, object_path: str) -> Path:
 
     A leading ``/`` is part of the ClearML naming (``/proj/task.x/...``) and is dropped; anything
     that could leave the root is refused: ``..`` and ``.`` components, empty names, NUL bytes,
-    backslashes and drive letters raise :class:`FileServerError` (400), and a target that resolves
-    outside ``root`` through a symlink raises it with 403.
+    backslashes, drive letters and names too long for the file system (a folder name over 255
+    bytes, a file name over 255 less the 49 its temp file adds, a path over 4096 bytes) raise
+    :class:`FileServerError` (400), and a target that resolves outside ``root`` through a symlink
+    raises it with 403.
     """
     if not object_path or "\x00" in object_path or "\\" in object_path:
         raise FileServerError(400, f"invalid object path {object_path!r}")
     parts = PurePosixPath(object_path.lstrip("/")).parts
     if not parts:
         raise FileServerError(400, f"invalid object path {object_path!r}")
-    for part in parts:
+    for index, part in enumerate(parts):
         if part in ("..", ".") or (len(part) >= 2 and part[1] == ":" and part[0].isalpha()):
             raise FileServerError(400, f"object path {object_path!r} may not contain {part!r}")
+        limit = MAX_NAME_BYTES - (_TEMP_NAME_EXTRA if index == len(parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            raise FileServerError(400, f"object path component {part[:40]!r}... is over {limit} bytes")
+    if len(os.fsencode(object_path)) > MAX_PATH_BYTES:
+        raise FileServerError(400, f"object path {object_path[:60]!r}... is over {MAX_PATH_BYTES} bytes")
     if parts[-1].endswith(TEMP_SUFFIX):
         raise FileServerError(400, f"object path {object_path!r} uses a reserved suffix")
     root_resolved = root.resolve()

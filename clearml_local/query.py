@@ -115,6 +115,8 @@ def order(docs: list[dict[str, Any]], order_by: Sequence[str] | None) -> list[di
         return docs
     if isinstance(order_by, str):
         order_by = [order_by]
+    if not isinstance(order_by, list):
+        raise validation_error("field 'order_by' must be an array of field names")
     result = list(docs)
     for spec in reversed(order_by):
         if not isinstance(spec, str) or not spec.strip("-"):

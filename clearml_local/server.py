@@ -25,11 +25,16 @@ import uvicorn
 
 from clearml_local.app import create_api_app
 from clearml_local.auth import Authenticator, load_or_create_credentials
+from clearml_local.clientconf import client_env, write_conf
+from clearml_local.datadir import PRIVATE_UMASK, open_private, secure_tree
+from clearml_local.services.tasks import requeue_orphans
 from clearml_local.settings import (
+    CONF_FILE,
     DB_FILE,
     DEFAULT_API_PORT,
     DEFAULT_FILES_PORT,
     DEFAULT_HOST,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_WEB_PORT,
     FILES_DIR,
@@ -53,6 +58,7 @@ class ServerConfig:
     files_port: int = DEFAULT_FILES_PORT
     web_port: int = DEFAULT_WEB_PORT
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 
 def _url(host: str, port: int) -> str:
@@ -63,7 +69,9 @@ def _url(host: str, port: int) -> str:
 def _write_state(data_dir: Path, state: dict[str, Any]) -> None:
     path = data_dir / STATE_FILE
     tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2))
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(state, indent=2))
     os.replace(tmp, path)
 
 
@@ -100,17 +108,23 @@ def _file_app(config: ServerConfig, authenticator: Authenticator) -> Any:
         log.warning("clearml_local.fileserver is missing: no file server")
         return None
     root = config.data_dir / FILES_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return module.create_file_app(root, authenticator, max_upload_bytes=config.max_upload_bytes)
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run both servers until SIGTERM/SIGINT; write ``server.json`` once they listen."""
+    """Run both servers until SIGTERM/SIGINT; write ``server.json`` and ``clearml.conf`` once they
+    listen. Before that: the data dir is made private (umask 077, 0700/0600, see
+    :mod:`clearml_local.datadir`), stale temp files go, orphaned queued tasks are re-queued."""
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(PRIVATE_UMASK)
+    secure_tree(data_dir)
     credentials = load_or_create_credentials(data_dir)
     authenticator = Authenticator(credentials)
     store = Store(data_dir / DB_FILE)
+    requeued = requeue_orphans(store)
+    if requeued:
+        log.warning("re-queued %d task(s) whose queue entry was handed out before a crash", len(requeued))
     api_sock = _bind(config.host, config.api_port)
     files_sock = _bind(config.host, config.files_port)
     api_port, files_port = api_sock.getsockname()[1], files_sock.getsockname()[1]
@@ -121,7 +135,9 @@ async def serve(config: ServerConfig) -> None:
         "files_host": _url(config.host, files_port),
         "web_host": _url(config.host, web_port),
     }
-    api_app = create_api_app(store, authenticator, {"credentials": credentials, **urls})
+    api_app = create_api_app(
+        store, authenticator, {"credentials": credentials, **urls}, max_request_bytes=config.max_request_bytes
+    )
     servers = [_Server(uvicorn.Config(api_app, log_level="warning", access_log=False, lifespan="off"))]
     sockets = [api_sock]
     web_settings = {"credentials": credentials, "files_dir": str(data_dir / FILES_DIR), **urls}
@@ -155,6 +171,7 @@ async def serve(config: ServerConfig) -> None:
     ports = {"api_port": api_port, "files_port": files_port, "web_port": web_port}
     state = {"pid": os.getpid(), "host": config.host, **ports, **urls}
     if all(srv.started for srv in servers):
+        write_conf(data_dir / CONF_FILE, client_env(urls, credentials), with_credentials=False)
         _write_state(data_dir, state)
         log.info(
             "ClearML API on %s, files on %s, web UI on %s, data in %s",
@@ -185,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
     parser.add_argument("--files-port", type=int, default=DEFAULT_FILES_PORT)
     parser.add_argument("--web-port", type=int, default=DEFAULT_WEB_PORT)
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_BYTES / 1024**2,
+        help="cap on one REST API request body in MiB (default %(default).0f); larger ones get 413",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
@@ -193,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_port=args.api_port,
         files_port=args.files_port,
         web_port=args.web_port,
+        max_request_bytes=max(1, int(args.max_request_mb * 1024**2)),
     )
     run(config)
     return 0

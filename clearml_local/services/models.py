@@ -10,6 +10,7 @@ from clearml_local.api import (
     ApiError,
     RequestContext,
     endpoint,
+    id_list,
     opt_bool,
     opt_str,
     require_str,
@@ -125,11 +126,8 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
     extra = []
     if not opt_bool(body, "search_hidden") and not body.get("id"):
         extra.append(not_hidden)
-    projects = body.get("project")
-    if projects is not None:
-        ids = [projects] if isinstance(projects, str) else projects
-        if not isinstance(ids, list):
-            raise validation_error("field 'project' must be a string or an array of strings")
+    ids = id_list(body, "project", allow_null=True)
+    if ids is not None:
         scope = subproject_ids(ctx.store, ids) if opt_bool(body, "include_subprojects") else set(ids)
         extra.append(lambda m: m.get("project") in scope)
     indexed = ["task"] if opt_bool(body, "include_subprojects") else ["task", "project"]

@@ -8,7 +8,6 @@ the task runs (the SDK writes them from inside a running task) but not once it f
 
 from __future__ import annotations
 
-import copy
 import importlib
 from typing import Any
 
@@ -17,6 +16,7 @@ from clearml_local.api import (
     ApiError,
     RequestContext,
     endpoint,
+    id_list,
     opt_bool,
     opt_dict,
     opt_int,
@@ -38,7 +38,7 @@ from clearml_local.services.common import (
     register_archive_many,
 )
 from clearml_local.services.projects import subproject_ids
-from clearml_local.store import Transaction, new_id, utc_now
+from clearml_local.store import Store, Transaction, copy_doc, new_id, utc_now
 
 TASK_TYPES = (
     "training",
@@ -205,11 +205,8 @@ def get_all(ctx: RequestContext, body: dict) -> dict:
     explicit_ids = body.get("id")
     if not opt_bool(body, "search_hidden") and not explicit_ids:
         extra.append(not_hidden)
-    projects = body.get("project")
-    if projects is not None:
-        project_ids = [projects] if isinstance(projects, str) else projects
-        if not isinstance(project_ids, list):
-            raise validation_error("field 'project' must be a string or an array of strings")
+    project_ids = id_list(body, "project", allow_null=True)
+    if project_ids is not None:
         if opt_bool(body, "include_subprojects"):
             scope = subproject_ids(ctx.store, [p for p in project_ids if p])
             if None in project_ids:
@@ -256,7 +253,7 @@ def edit(ctx: RequestContext, body: dict) -> dict:
     force = opt_bool(body, "force")
     with ctx.store.transaction() as tx:
         task = _for_edit(tx, task_id, force, frozenset({CREATED}))
-        before = copy.deepcopy(task)
+        before = copy_doc(task)
         _apply_edit(ctx, task, body)
         _touch(task, ctx.user)
         tx.put("tasks", task)
@@ -272,7 +269,7 @@ def update(ctx: RequestContext, body: dict) -> dict:
     task_id = require_str(body, "task")
     with ctx.store.transaction() as tx:
         task = load_for_update(tx, "tasks", task_id)
-        before = copy.deepcopy(task)
+        before = copy_doc(task)
         if "name" in body:
             task["name"] = require_str(body, "name")
         if "comment" in body:
@@ -672,6 +669,39 @@ def enqueue(ctx: RequestContext, body: dict) -> dict:
     return response
 
 
+#: ``status_reason`` of a task put back on its queue by :func:`requeue_orphans`.
+REQUEUED_AT_START = "re-queued at server start: its queue entry was handed out but the task never started"
+
+
+def requeue_orphans(store: Store) -> list[str]:
+    """Put every ``queued`` task that is in no queue back at the front of its queue; return their ids.
+
+    ``queues.get_next_task`` pops the entry and the task stays ``queued`` until the agent calls
+    ``tasks.started``; a server killed before its reply reached the agent leaves the task queued in
+    no queue, which no agent would ever pick. clearml-server leaves such a task stuck; this server
+    re-queues it at start (see docs/clearml-server.md). A task whose queue is gone goes back to
+    ``created``. Run at start, before any request: every popped entry is then an orphan.
+    """
+    queued_ids = {e["task"] for q in store.all("queues") for e in q.get("entries") or ()}
+    orphans = [t["id"] for t in store.all("tasks") if t.get("status") == QUEUED and t["id"] not in queued_ids]
+    with store.transaction() as tx:
+        for task_id in orphans:
+            task = load_for_update(tx, "tasks", task_id)
+            queue_id = (task.get("execution") or {}).get("queue")
+            queue = tx.get("queues", queue_id) if isinstance(queue_id, str) else None
+            if queue is None:
+                reason = "reset at server start: its queue entry was handed out and its queue is gone"
+                set_status(task, CREATED, force=True, user=task.get("user") or "", reason=reason)
+            else:
+                queue["entries"].insert(0, {"task": task_id, "added": utc_now()})
+                queue["last_update"] = utc_now()
+                tx.put("queues", queue)
+                task["status_reason"] = REQUEUED_AT_START
+                task["status_changed"] = utc_now()
+            tx.put("tasks", task)
+    return orphans
+
+
 @endpoint("tasks.dequeue")
 def dequeue(ctx: RequestContext, body: dict) -> dict:
     """As clearml-server's ``dequeue_task``: off its queue, then a queued or running task goes back.
@@ -810,7 +840,7 @@ def clone(ctx: RequestContext, body: dict) -> dict:
     task = new_task_doc(ctx.user, name, source["type"], _check_project(ctx, project))
     for key in _CLONED_FIELDS:
         if key in source:
-            task[key] = copy.deepcopy(source[key])
+            task[key] = copy_doc(source[key])
     task["runtime"] = {}
     task["system_tags"] = [t for t in source.get("system_tags", []) if t not in (ARCHIVED_TAG, "development")]
     task["comment"] = opt_str(body, "new_task_comment", source.get("comment", "")) or ""
@@ -819,12 +849,12 @@ def clone(ctx: RequestContext, body: dict) -> dict:
         task["tags"] = str_list(body, "new_task_tags")
     if "new_task_system_tags" in body:
         task["system_tags"] = str_list(body, "new_task_system_tags")
-    execution = copy.deepcopy(source.get("execution") or {})
+    execution = copy_doc(source.get("execution") or {})
     execution["artifacts"] = [a for a in execution.get("artifacts", []) if a.get("mode") == "input"]
     execution.pop("queue", None)
     execution.update(opt_dict(body, "execution_overrides") or {})
     task["execution"] = execution
-    task["models"] = {"input": copy.deepcopy((source.get("models") or {}).get("input", [])), "output": []}
+    task["models"] = {"input": copy_doc((source.get("models") or {}).get("input", [])), "output": []}
     if "new_task_hyperparams" in body:
         task["hyperparams"] = opt_dict(body, "new_task_hyperparams") or {}
     if "new_task_configuration" in body:

@@ -68,3 +68,44 @@ def test_server_start_status_env_stop(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     assert fleetfl("server", "status", "--data", str(data)).returncode == 1
     assert not (data / "server.json").exists()
+
+
+SDK_SCRIPT = """
+import sys
+from clearml import Task
+task = Task.init(project_name="fleetfl-env", task_name="plain-env", auto_connect_frameworks=False)
+for i in range(20):
+    task.get_logger().report_scalar("loss", "train", value=1.0 / (i + 1), iteration=i)
+print("subprocess reporting:", bool(task._report_subprocess_enabled))
+task.close()
+sys.exit(0 if not task._report_subprocess_enabled else 3)
+"""
+
+
+@pytest.mark.slow  # a CLI process and an SDK script: ~9 s idle, 20 s on a loaded machine
+def test_plain_server_env_makes_the_sdk_exit_promptly(clearml_server, tmp_path: Path) -> None:
+    """``eval "$(fleetfl server env)"`` without ``--write-conf``: the exports include the data dir's
+    clearml.conf, which turns off the SDK's event-reporting subprocess (which could hang ~300 s at
+    exit); a real SDK script reports scalars and exits 0 within the timeout."""
+    env = fleetfl("server", "env", "--data", str(clearml_server.data_dir))
+    assert env.returncode == 0, env.stderr
+    exports = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in env.stdout.splitlines()
+    )
+    conf = Path(exports["CLEARML_CONFIG_FILE"])
+    assert conf == clearml_server.data_dir / "clearml.conf"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    assert exports["CLEARML_API_SECRET_KEY"] not in conf.read_text()  # keys stay in the environment
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    script = tmp_path / "report.py"
+    script.write_text(SDK_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        env={**clean, **exports, "HOME": str(tmp_path)},  # no ~/clearml.conf to fall back on
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "subprocess reporting: False" in run.stdout

@@ -30,6 +30,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.proc, state = start_server(data_dir)
         self.api = state["api_host"]
+        self.files = state["files_host"]
         creds = json.loads((data_dir / "credentials.json").read_text())
         reply = requests.get(
             f"{self.api}/auth.login", auth=(creds["access_key"], creds["secret_key"]), timeout=30
