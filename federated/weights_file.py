@@ -24,6 +24,7 @@ pre-1.6 (non-zip) files are refused before torch reads them.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import pickle
 import types
@@ -150,8 +151,6 @@ _ALLOWED: dict[str, Any] = {
     "collections.OrderedDict": collections.OrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
-    "__builtin__.set": set,
-    "__builtin__.frozenset": frozenset,
 }
 
 
@@ -163,6 +162,10 @@ class _TensorUnpickler(pickle.Unpickler):
         self._records: dict[str, type[_Record]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        # protocol-2 pickles name Python 2 modules (``__builtin__``, ``commands``); read them as pickle
+        # itself would (names only: nothing is imported)
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualified = f"{module}.{name}"
         if qualified in _ALLOWED:
             return _ALLOWED[qualified]

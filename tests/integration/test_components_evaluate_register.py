@@ -64,12 +64,12 @@ def test_weights_that_do_not_match_the_model_are_refused(tmp_path: Path) -> None
         load_weights(path, model)
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": model, "hook": os.getcwd}, hostile)  # a callable in the pickle: refused
-    with pytest.raises(WeightsError, match="never unpickles"):
+    with pytest.raises(WeightsError, match=r"refused global 'posix\.getcwd'"):
         load_weights(hostile, model)
     final = export_ultralytics(get_weights(model), {0: "car"}, FederatedConfig(), tmp_path / "final.pt")
-    assert all(  # an ultralytics checkpoint loads through the allow-list of layer classes only
+    assert all(  # an ultralytics checkpoint: its layers are inert records, only the tensors are kept
         np.array_equal(a, b) for a, b in zip(load_weights(final, model), get_weights(model), strict=True)
     )
     state = tmp_path / "state.pt"
-    torch.save(model.state_dict(), state)  # a plain state_dict loads with weights_only=True
+    torch.save(model.state_dict(), state)  # a plain state_dict
     assert len(load_weights(state, model)) == len(model.state_dict())
