@@ -14,6 +14,7 @@ import pytest
 from federated import model_yaml
 from federated.config import ConfigError, FederatedConfig
 from federated.model_yaml import ModelYamlError
+from tests.fixtures.payloads import shell_code
 
 MINI = """\
 nc: 3
@@ -31,13 +32,9 @@ head:
 """
 
 
-def _payload(marker: Path) -> str:
-    return f"__import__('os').system('touch {marker}')"
-
-
 def _hostile_yamls(marker: Path) -> dict[str, tuple[str, str]]:
     """name -> (yaml text, the key the error must name)."""
-    code = _payload(marker)
+    code = shell_code(marker)
     good = MINI.format(activation="nn.SiLU()")
     return {
         "activation-conditional": (
@@ -83,7 +80,7 @@ def test_build_model_checks_the_yaml_itself(tmp_path: Path) -> None:
 
     marker = tmp_path / "marker"
     path = tmp_path / "evil.yaml"
-    path.write_text(MINI.format(activation=json.dumps(f"nn.SiLU() if {_payload(marker)} else 0")))
+    path.write_text(MINI.format(activation=json.dumps(f"nn.SiLU() if {shell_code(marker)} else 0")))
     with pytest.raises(ModelYamlError, match="activation"):
         build_model(str(path), {0: "car"})
     assert not marker.exists()
@@ -94,7 +91,7 @@ def test_set_and_config_file_paths_of_the_cli(tmp_path: Path, capsys: pytest.Cap
 
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.yaml"
-    evil.write_text(MINI.format(activation=json.dumps(f"nn.SiLU() if {_payload(marker)} else 0")))
+    evil.write_text(MINI.format(activation=json.dumps(f"nn.SiLU() if {shell_code(marker)} else 0")))
     with pytest.raises(SystemExit) as exit_info:
         main(["federate", "--set", f"model={evil}", "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
@@ -113,7 +110,7 @@ def test_resume_reads_run_json_through_the_check(tmp_path: Path, capsys: pytest.
 
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.yaml"
-    evil.write_text(MINI.format(activation=json.dumps(f"nn.SiLU() if {_payload(marker)} else 0")))
+    evil.write_text(MINI.format(activation=json.dumps(f"nn.SiLU() if {shell_code(marker)} else 0")))
     run = tmp_path / "run"
     config = {**FederatedConfig().to_flat(), "model": str(evil)}
     rd.write_run_info(run, {"config": config, "data_dir": str(tmp_path / "data"), "engine": "simulation"})
@@ -130,7 +127,7 @@ def test_pipeline_parameters_reach_the_same_check(tmp_path: Path) -> None:
 
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.yaml"
-    evil.write_text(MINI.format(activation=json.dumps(_payload(marker))))
+    evil.write_text(MINI.format(activation=json.dumps(shell_code(marker))))
     params = {"config": {"model": str(evil)}, "strategy": "fedavg", "rounds": 1, "clients": 2}
     with pytest.raises(ConfigError, match=r"pipeline parameters: model: .*activation"):
         federated_config(params)

@@ -16,27 +16,7 @@ import pytest
 import torch
 
 from federated.weights_file import WeightsFileError, read_named_arrays
-
-
-class _Call:
-    """Pickles as ``function(*args)``: what an attacker's ``__reduce__`` payload looks like."""
-
-    def __init__(self, function, *args) -> None:
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
-
-
-def _evil_cfg(marker: Path) -> dict:
-    """A model config whose ``activation`` ultralytics would ``eval`` (writes ``marker``)."""
-    import yaml
-
-    from federated.model_yaml import resolve
-
-    cfg = yaml.safe_load(resolve("yolov9t.yaml").read_text())
-    cfg["activation"] = f"nn.SiLU() if __import__('os').system('touch {marker}') else nn.SiLU()"
-    return cfg
+from tests.fixtures.payloads import Call, evil_checkpoint, evil_model_cfg
 
 
 def _payloads(marker: Path) -> dict[str, tuple[object, str]]:
@@ -44,15 +24,15 @@ def _payloads(marker: Path) -> dict[str, tuple[object, str]]:
     command = f"touch {marker}"
     weight = torch.zeros(2)
     return {
-        "reduce-os-system": (_Call(os.system, command), "refused global 'posix.system'"),
-        "reduce-eval": (_Call(eval, f"__import__('os').system('{command}')"), "'builtins.eval'"),
+        "reduce-os-system": (Call(os.system, command), "refused global 'posix.system'"),
+        "reduce-eval": (Call(eval, f"__import__('os').system('{command}')"), "'builtins.eval'"),
         "reduce-exec": (
-            {"w": weight, "x": _Call(exec, f"import os; os.system('{command}')")},
+            {"w": weight, "x": Call(exec, f"import os; os.system('{command}')")},
             "'builtins.exec'",
         ),
-        "getattr-chain": (_Call(getattr, _Call(__import__, "os"), "system"), "'builtins.getattr'"),
-        "payload-inside-a-state-dict": (OrderedDict(w=weight, b=_Call(os.system, command)), "posix.system"),
-        "subprocess": (_Call(__import__("subprocess").call, ["touch", str(marker)]), "subprocess.call"),
+        "getattr-chain": (Call(getattr, Call(__import__, "os"), "system"), "'builtins.getattr'"),
+        "payload-inside-a-state-dict": (OrderedDict(w=weight, b=Call(os.system, command)), "posix.system"),
+        "subprocess": (Call(__import__("subprocess").call, ["touch", str(marker)]), "subprocess.call"),
     }
 
 
@@ -77,12 +57,11 @@ def test_an_allowed_class_with_an_evil_argument_is_never_constructed(tmp_path: P
     from ultralytics.nn.tasks import DetectionModel
 
     marker = tmp_path / "marker"
-    path = tmp_path / "final.pt"
-    torch.save({"model": _Call(DetectionModel, _evil_cfg(marker)), "ema": None}, path)
+    path = evil_checkpoint(tmp_path / "final.pt", marker)
     with torch.serialization.safe_globals([DetectionModel]), pytest.raises(WeightsFileError) as refused:
         read_named_arrays(path)
     assert "is not a pickled torch module" in str(refused.value) and str(path) in str(refused.value)
-    torch.save({"model": _Call(DetectionModel, _evil_cfg(marker))}, path)
+    torch.save({"model": Call(DetectionModel, evil_model_cfg(marker))}, path)
     with pytest.raises(WeightsFileError, match="not a pickled torch module"):
         read_named_arrays(path)
     assert not marker.exists()
@@ -100,7 +79,7 @@ def test_torchscript_legacy_and_plain_pickles_are_refused_before_torch_reads_the
         read_named_arrays(legacy)
     marker = tmp_path / "marker"
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps(_Call(os.system, f"touch {marker}"), protocol=0))
+    raw.write_bytes(pickle.dumps(Call(os.system, f"touch {marker}"), protocol=0))
     with pytest.raises(WeightsFileError, match="not a torch zip archive"):
         read_named_arrays(raw)
     assert not marker.exists()
