@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from components.common import ComponentError, _decode, _encode
@@ -40,3 +42,24 @@ def test_encoding_round_trip() -> None:
     for value in ([1, "a"], {"eval": "id", "clients": ["a", "b"]}, 3, 0.25, True, "text"):
         assert _decode(_encode(value), value, "key", "General") == value
     assert _encode(None) == ""
+
+
+def test_a_pickled_output_artifact_is_refused_and_never_unpickled(clearml_server, tmp_path) -> None:
+    """A component's output read back from the server is JSON; a swapped-in pickle never loads."""
+    import uuid
+
+    from clearml import Task
+
+    from components.common import publish_output, read_output
+    from tests.fixtures.payloads import Call
+
+    marker = tmp_path / "marker"
+    task = Task.create(project_name=f"fleetfl-test/out-{uuid.uuid4().hex[:6]}", task_name="output")
+    publish_output(task, {"model_id": "abc", "map50": 0.5})
+    assert read_output(task.id) == {"model_id": "abc", "map50": 0.5}
+    task.upload_artifact(
+        "output", artifact_object=Call(os.system, f"touch {marker}"), auto_pickle=True, wait_on_upload=True
+    )
+    with pytest.raises(ComponentError, match="is a pickle, not JSON"):
+        read_output(task.id)
+    assert not marker.exists()
