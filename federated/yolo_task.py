@@ -255,6 +255,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, arrays: Mapping[str, 
 def _make_trainer_class() -> type:
     """Define :class:`FederatedTrainer` lazily (it subclasses ultralytics' trainer)."""
     import torch
+
+    from federated import label_cache
+
+    label_cache.install()  # a dataset's labels.cache is read without unpickling code
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.patches import override_configs
 
@@ -511,6 +515,9 @@ def _validator(data_yaml: Path, imgsz: int, batch: int, device: str) -> Any:
     """A cached ultralytics validator: its data loader is built once per process."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
+    from federated import label_cache
+
+    label_cache.install()  # a dataset's labels.cache is read without unpickling code
     key = (str(data_yaml), imgsz, batch, device)
     if key not in _VALIDATORS:
         args = {
