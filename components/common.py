@@ -192,7 +192,8 @@ def create_component_task(
 # ---------------------------------------------------------------------- outputs
 def publish_output(task: Task, output: Mapping[str, Any], name: str = OUTPUT_ARTIFACT) -> None:
     """Upload a component's output dict as a task artifact (and wait for the upload)."""
-    task.upload_artifact(name, artifact_object=dict(output), wait_on_upload=True)
+    # JSON or an error, never a silent fallback to pickle (read_output accepts JSON only)
+    task.upload_artifact(name, artifact_object=dict(output), wait_on_upload=True, auto_pickle=False)
 
 
 def read_output(task_id: str, name: str = OUTPUT_ARTIFACT) -> dict[str, Any]:

@@ -63,3 +63,17 @@ def test_a_pickled_output_artifact_is_refused_and_never_unpickled(clearml_server
     with pytest.raises(ComponentError, match="is a pickle, not JSON"):
         read_output(task.id)
     assert not marker.exists()
+
+
+def test_pipeline_step_values_travel_as_json_and_a_pickle_is_never_loaded(tmp_path) -> None:
+    import pickle
+
+    from pipelines import step_values
+    from tests.fixtures.payloads import Call
+
+    value = {"eval": "id", "clients": ["a", "b"], "map50": 0.5}
+    assert step_values.from_bytes(step_values.to_bytes(value)) == value
+    marker = tmp_path / "marker"
+    with pytest.raises(ValueError):  # what a swapped-in pickle artifact meets in the next step
+        step_values.from_bytes(pickle.dumps(Call(os.system, f"touch {marker}")))
+    assert not marker.exists()
