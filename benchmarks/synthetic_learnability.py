@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ultralytics import YOLO
 
+    from federated.model_yaml import load_checked
+
+    load_checked(args.model)  # the same gate as every FleetFL path before ultralytics reads the yaml
     model = YOLO(args.model)
     model.train(
         data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, pretrained=False,

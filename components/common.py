@@ -192,7 +192,8 @@ def create_component_task(
 # ---------------------------------------------------------------------- outputs
 def publish_output(task: Task, output: Mapping[str, Any], name: str = OUTPUT_ARTIFACT) -> None:
     """Upload a component's output dict as a task artifact (and wait for the upload)."""
-    task.upload_artifact(name, artifact_object=dict(output), wait_on_upload=True)
+    # JSON or an error, never a silent fallback to pickle (read_output accepts JSON only)
+    task.upload_artifact(name, artifact_object=dict(output), wait_on_upload=True, auto_pickle=False)
 
 
 def read_output(task_id: str, name: str = OUTPUT_ARTIFACT) -> dict[str, Any]:
@@ -202,10 +203,18 @@ def read_output(task_id: str, name: str = OUTPUT_ARTIFACT) -> dict[str, Any]:
     task = Task.get_task(task_id=task_id)
     if name not in task.artifacts:
         raise ComponentError(f"task {task_id} has no artifact {name!r} (did the component finish?)")
-    value = task.artifacts[name].get()
-    if isinstance(value, str | bytes | os.PathLike):  # an older SDK may hand back the JSON file
-        return json.loads(Path(value).read_text(encoding="utf-8"))
-    return dict(value)
+    artifact = task.artifacts[name]
+    if artifact.type not in ("JSON", "dict"):  # the SDK would unpickle a "pickle" artifact
+        raise ComponentError(
+            f"task {task_id}: artifact {name!r} is a {artifact.type}, not JSON (outputs are JSON only)"
+        )
+    value = artifact.get(block_unsafe_artifacts=True)
+    try:
+        if isinstance(value, str | bytes | os.PathLike):  # an older SDK may hand back the JSON file
+            value = json.loads(Path(value).read_text(encoding="utf-8"))
+        return dict(value)
+    except (ValueError, TypeError) as exc:
+        raise ComponentError(f"task {task_id}: artifact {name!r} is not a JSON object ({exc})") from None
 
 
 def running_remotely() -> bool:

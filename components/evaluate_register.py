@@ -10,12 +10,12 @@ evaluation version (a ClearML Dataset id from ``version_data``) with ultralytics
 * design: the flat federated config used (model yaml, image size...), and the task's scalars
   ``eval/map50`` and ``eval/map50_95``.
 
-Weights formats (never a full unpickle): FleetFL checkpoints (``.safetensors``, the
-``federated/run_dir.py`` format, tensor names ``model/<state_dict key>``, or plain state_dict names),
-``.npz`` archives of state_dict entries, and ``.pt`` files read with ``torch.load(weights_only=True)``:
-a plain state_dict, or an ultralytics checkpoint (``final.pt``) whose model is rebuilt from an
-allow-list of torch/ultralytics layer classes only (see :func:`_module_classes`); any other global
-in the file is refused.
+Weights formats (tensors only, see ``federated/weights_file.py``): FleetFL checkpoints
+(``.safetensors``, the ``federated/run_dir.py`` format, tensor names ``model/<state_dict key>``, or
+plain state_dict names), ``.npz`` archives of state_dict entries, and ``.pt`` files (a state_dict, or
+an ultralytics checkpoint such as ``final.pt``) read by FleetFL's restricted unpickler: it imports and
+calls no class or function named in the file, so a registry model or a downloaded file cannot run
+code; the model is built from the config's checked model yaml, never from the file.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def resolve_weights(weights: str | Path) -> Path:
 
 
 def load_weights(path: Path, model: Any) -> list[np.ndarray]:
-    """Read ``path`` (safetensors, npz or a weights-only ``.pt``) into ``model``'s state_dict order.
+    """Read ``path`` (safetensors, npz or ``.pt``, tensors only) into ``model``'s state_dict order.
 
     Raises:
         WeightsError: unreadable file, missing or extra keys, or a shape mismatch (named).
@@ -225,77 +225,13 @@ def load_weights(path: Path, model: Any) -> list[np.ndarray]:
     return arrays
 
 
-def _module_classes() -> list[type]:
-    """The torch and ultralytics ``nn.Module`` classes a weights-only load may rebuild.
-
-    ``torch.load(weights_only=True)`` refuses every global that is not allow-listed, so an
-    ultralytics checkpoint (``final.pt``: a pickled ``DetectionModel``) loads only when exactly these
-    layer classes are allowed; anything else in the file (a function, ``os.system``...) is still
-    refused. This is the one place FleetFL reads such files.
-    """
-    import importlib
-    import inspect
-
-    import torch
-
-    modules = [
-        "torch.nn",
-        "torch.nn.modules.conv",
-        "torch.nn.modules.activation",
-        "torch.nn.modules.batchnorm",
-        "torch.nn.modules.container",
-        "torch.nn.modules.pooling",
-        "torch.nn.modules.upsampling",
-        "torch.nn.modules.linear",
-        "torch.nn.modules.dropout",
-        "ultralytics.nn.tasks",
-        "ultralytics.nn.modules.block",
-        "ultralytics.nn.modules.conv",
-        "ultralytics.nn.modules.head",
-        "ultralytics.nn.modules.transformer",
-        "ultralytics.nn.modules.activation",
-    ]
-    classes = {
-        obj
-        for name in modules
-        for _, obj in inspect.getmembers(importlib.import_module(name), inspect.isclass)
-        if issubclass(obj, torch.nn.Module)
-    }
-    return sorted(classes, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
-
-
 def _read_named_arrays(path: Path) -> dict[str, np.ndarray]:
-    suffix = path.suffix.lower()
+    from federated.weights_file import WeightsFileError, read_named_arrays
+
     try:
-        if suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            return dict(load_file(str(path)))
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
-        if suffix in (".pt", ".pth"):
-            import torch
-
-            with torch.serialization.safe_globals(_module_classes()):
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-                loaded = loaded["state_dict"]
-            elif isinstance(loaded, dict) and isinstance(
-                loaded.get("ema") or loaded.get("model"), torch.nn.Module
-            ):
-                loaded = (loaded.get("ema") or loaded["model"]).float().state_dict()  # ultralytics layout
-            if not isinstance(loaded, dict) or not all(hasattr(v, "numpy") for v in loaded.values()):
-                raise WeightsError(f"{path}: not a plain state_dict")
-            return {str(k): v.detach().cpu().numpy() for k, v in loaded.items()}
-    except WeightsError:
-        raise
-    except Exception as exc:
-        raise WeightsError(
-            f"{path}: cannot read weights ({type(exc).__name__}: {str(exc)[:200]}); FleetFL reads "
-            "safetensors, npz or weights-only .pt files and never unpickles model objects"
-        ) from None
-    raise WeightsError(f"{path}: unknown weights format {suffix!r} (expected .safetensors, .npz or .pt)")
+        return read_named_arrays(path)
+    except WeightsFileError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- task entry point

@@ -267,7 +267,9 @@ def _report(task: Task | None, decisions: list[dict[str, Any]]) -> None:
     )
     logger.report_text(f"decision {count}: {json.dumps(record, sort_keys=True)}")
     # a dict travels as JSON (a list would be pickled): the rollback record of every decision
-    task.upload_artifact("decisions", artifact_object={"decisions": list(decisions)}, wait_on_upload=True)
+    task.upload_artifact(
+        "decisions", artifact_object={"decisions": list(decisions)}, wait_on_upload=True, auto_pickle=False
+    )
 
 
 # ---------------------------------------------------------------------- task entry points

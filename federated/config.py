@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from federated.model_yaml import ModelYamlError, check_model
+
 Scalar = bool | int | float | str
 
 #: The strategies a run can use (each one is Flower's own class, see ``federated/strategies.py``).
@@ -75,7 +77,8 @@ class FederatedConfig:
     model: str = field(
         default="yolov9t.yaml",
         metadata=_meta(
-            "ultralytics detection model yaml (yolov9t.yaml, yolov8n.yaml, yolo11n.yaml, a file path...)"
+            "ultralytics detection model yaml (yolov9t.yaml, yolov8n.yaml, yolo11n.yaml, a file path...), "
+            "checked before use: layers, activation and arguments from allow-lists (federated/model_yaml.py)"
         ),
     )
     rounds: int = field(default=3, metadata=_meta("federated rounds", minimum=1))
@@ -386,7 +389,10 @@ def _check_value(spec: dataclasses.Field[Any], value: Any) -> None:
         raise ConfigError(f"{name}: must be {relation} {low}, got {value!r}")
     if high is not None and value > high:
         raise ConfigError(f"{name}: must be <= {high}, got {value!r}")
-    if name == "model" and not str(value).endswith((".yaml", ".yml")):
-        raise ConfigError(
-            f"model: expected an ultralytics detection model yaml (e.g. yolov9t.yaml), got {value!r}"
-        )
+    if name == "model":
+        # every path to a config (file, --set, run.json, ClearML and pipeline parameters) ends here:
+        # the yaml is read as data and checked before anything hands it to ultralytics
+        try:
+            check_model(value)
+        except ModelYamlError as exc:
+            raise ConfigError(f"model: {exc}") from None

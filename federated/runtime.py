@@ -11,6 +11,8 @@ Why each setting exists (measured on these machines, see ``shared/notes/flower-u
 * ultralytics' ``raytune`` integration is on by default and hooks ray into every trainer once
   ``flwr[simulation]`` installs ray; every integration is switched off in its settings.
 * Flower and ray send usage telemetry unless told not to.
+* ``ULTRALYTICS_SAFE_LOAD``: ultralytics' own restricted mode (no ``eval`` of a yaml's activation,
+  only layer classes as module names) as a second line behind ``federated/model_yaml.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ _ENV_DEFAULTS = {
     "RAY_DEDUP_LOGS": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",
+    # defence in depth behind federated/model_yaml.py: ultralytics builds models without eval()
+    # and loads its own checkpoints with weights_only (FleetFL itself never asks it to load one)
+    "ULTRALYTICS_SAFE_LOAD": "1",
 }
 
 _INTEGRATIONS_OFF = {

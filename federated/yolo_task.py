@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from federated.config import FederatedConfig, atomic_write_bytes
+from federated.model_yaml import load_checked
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the CLI must start without torch
     import torch
@@ -66,12 +67,16 @@ def read_dataset(data_yaml: str | Path) -> DatasetInfo:
     """Read a ``data.yaml`` (ultralytics format) and return its class names.
 
     Raises:
-        DatasetError: the file is missing or has no ``names``.
+        DatasetError: the file is missing, has no ``names``, or has a ``download`` script.
     """
     path = Path(data_yaml).resolve()
     if not path.is_file():
         raise DatasetError(f"data.yaml not found: {path}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if isinstance(data, dict) and "download" in data:
+        # ultralytics runs a data.yaml's `download` (exec of Python, or a shell command) when a split
+        # is missing: a dataset from a server or a user must never carry one
+        raise DatasetError(f"{path}: download: not allowed (ultralytics would run it as code)")
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
         names = dict(enumerate(names))
@@ -102,18 +107,24 @@ def count_images(data_yaml: str | Path, split: str = "train") -> int:
 @functools.lru_cache(maxsize=4)
 def _model_template(model_yaml: str, nc: int, seed: int) -> DetectionModel:
     import torch
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel, guess_model_scale
 
+    # ultralytics gets the checked dict, never the file: what it parses is what was checked
+    cfg = load_checked(model_yaml)
+    cfg["scale"] = guess_model_scale(model_yaml)  # as ultralytics' yaml_model_load does
+    cfg["yaml_file"] = model_yaml
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DetectionModel(model_yaml, nc=nc, ch=3, verbose=False)
+        return DetectionModel(cfg, nc=nc, ch=3, verbose=False)
 
 
 def build_model(model_yaml: str, names: Mapping[int, str], seed: int = 0) -> DetectionModel:
     """Build a detection model from an ultralytics yaml with ``len(names)`` classes.
 
-    The same ``(model_yaml, names, seed)`` always gives bitwise the same initial weights; the parsed
-    model is cached per process and a deep copy is returned.
+    The yaml passes :func:`federated.model_yaml.load_checked` first (no string in it reaches
+    ultralytics' ``eval`` or a global lookup outside the allow-lists). The same
+    ``(model_yaml, names, seed)`` always gives bitwise the same initial weights; the parsed model is
+    cached per process and a deep copy is returned.
     """
     model = copy.deepcopy(_model_template(model_yaml, len(names), seed))
     model.names = dict(names)
@@ -244,6 +255,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, arrays: Mapping[str, 
 def _make_trainer_class() -> type:
     """Define :class:`FederatedTrainer` lazily (it subclasses ultralytics' trainer)."""
     import torch
+
+    from federated import label_cache
+
+    label_cache.install()  # a dataset's labels.cache is read without unpickling code
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.patches import override_configs
 
@@ -500,6 +515,9 @@ def _validator(data_yaml: Path, imgsz: int, batch: int, device: str) -> Any:
     """A cached ultralytics validator: its data loader is built once per process."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
+    from federated import label_cache
+
+    label_cache.install()  # a dataset's labels.cache is read without unpickling code
     key = (str(data_yaml), imgsz, batch, device)
     if key not in _VALIDATORS:
         args = {

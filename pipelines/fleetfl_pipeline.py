@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import step_values
+
 LOG = logging.getLogger(__name__)
 
 PIPELINE_NAME = "fleetfl-federated"
@@ -366,6 +368,9 @@ def build_pipeline(params: Mapping[str, Any], step_queue: str | None = None) -> 
         # step scripts hold only the step function (which imports what it needs): this module's
         # own imports (``from __future__``...) would not compile in a generated script
         skip_global_imports=True,
+        # step return values travel as JSON, not the SDK's default pickle (see pipelines/step_values.py)
+        artifact_serialization_function=step_values.to_bytes,
+        artifact_deserialization_function=step_values.from_bytes,
     )
     for name, spec in PARAMETERS.items():
         value = params[name]
@@ -463,7 +468,7 @@ def collect_outputs(pipe: Any) -> dict[str, Any]:
                 f"pipeline {pipe.id}: step {step!r} ({task.id}) ended {task.get_status()}: "
                 f"{task.data.status_message or ''}\n{log_tail(task)}"
             )
-        outputs[artifact] = task.artifacts[artifact].get()
+        outputs[artifact] = task.artifacts[artifact].get(deserialization_function=step_values.from_bytes)
         outputs[f"{step}_task_id"] = task.id
     return outputs
 
