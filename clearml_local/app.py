@@ -149,7 +149,8 @@ def create_api_app(
             data = await run_in_threadpool(handler, ctx, body)
             if trace:  # endpoint and field names only: never values (they may hold secrets)
                 log.info("%s v%s worker=%s keys=%s", name, version, ctx.worker, sorted(body))
-            return envelope(name, version, data)
+            # Serialising a large reply (an unpaged get_all) is CPU work: off the event loop too.
+            return await run_in_threadpool(envelope, name, version, data)
         except ApiError as exc:
             if trace:
                 log.info("%s v%s -> %s/%s %s", name, version, exc.result_code, exc.subcode, exc.message)

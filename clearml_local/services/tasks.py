@@ -650,6 +650,7 @@ def enqueue(ctx: RequestContext, body: dict) -> dict:
         task = load_for_update(tx, "tasks", task_id)
         if task["status"] == QUEUED:
             raise ApiError(400, 706, f"Task already queued: task={task_id}")
+        previous_status = task["status"]
         fields = set_status(
             task,
             QUEUED,
@@ -660,6 +661,7 @@ def enqueue(ctx: RequestContext, body: dict) -> dict:
         )
         task.setdefault("execution", {})["queue"] = queue_id
         fields["execution.queue"] = queue_id
+        task["enqueue_status"] = previous_status  # what tasks.dequeue goes back to, as clearml-server
         queues.add_entry(tx, queue_id, task_id)
         tx.put("tasks", task)
     response = {"queued": 1, "updated": 1, "fields": fields}

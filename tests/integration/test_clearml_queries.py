@@ -226,7 +226,7 @@ def test_pathological_name_pattern_stalls_nobody(clearml_server: ClearMLServer) 
 
 
 def test_dequeue_answers_like_clearml_server(clearml_server: ClearMLServer) -> None:
-    """Queued -> created and off the queue; running -> created with updated 1; others updated 0."""
+    """Queued -> its status before enqueue, off the queue; running -> created with updated 1; others 0."""
     queue = _ok(api_call(clearml_server, "queues.create", {"name": f"dq-{uuid.uuid4().hex[:8]}"}))["id"]
     queued = _task(clearml_server, None, "dq-queued")
     _ok(api_call(clearml_server, "tasks.enqueue", {"task": queued, "queue": queue}))
@@ -237,6 +237,11 @@ def test_dequeue_answers_like_clearml_server(clearml_server: ClearMLServer) -> N
     running = _task(clearml_server, None, "dq-running", "started")
     reply = _ok(api_call(clearml_server, "tasks.dequeue", {"task": running}))
     assert (reply["dequeued"], reply["updated"], reply["fields"]["status"]) == (1, 1, "created")
+
+    stopped = _task(clearml_server, None, "dq-stopped", "started", "stopped")
+    _ok(api_call(clearml_server, "tasks.enqueue", {"task": stopped, "queue": queue}))
+    reply = _ok(api_call(clearml_server, "tasks.dequeue", {"task": stopped}))
+    assert reply["fields"]["status"] == "stopped"  # back to the status it had before enqueue
 
     done = _task(clearml_server, None, "dq-done", "started", "completed")
     assert _ok(api_call(clearml_server, "tasks.dequeue", {"task": done})) == {"dequeued": 1, "updated": 0}
