@@ -67,10 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
+
     from autoscaler.config import load_config
+    from autoscaler.lock import ScalerLockError
+    from autoscaler.scaler import AutoscalerStopped
     from autoscaler.service import run_autoscaler
 
-    run_autoscaler(load_config(args.config), cycles=args.cycles)
+    try:
+        run_autoscaler(load_config(args.config), cycles=args.cycles)
+    except (AutoscalerStopped, ScalerLockError) as exc:
+        print(f"fleetfl autoscaler: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -95,6 +95,31 @@ class BootConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Fleet-wide limits, on top of each resource's ``max_instances`` (see docs/autoscaler.md).
+
+    ``max_instances_total`` caps live instances over all resources; ``max_hourly_cost`` caps the
+    summed ``hourly_prices`` (USD per hour, per instance type) of live instances. A launch that would
+    pass either is refused and logged. ``spot_blackout_s``: how long a spot resource that failed for
+    capacity or price is skipped (its queue's next resource is used instead).
+    ``max_consecutive_launch_failures``: ``run`` stops with an error after that many failed launches
+    in a row. ``lock_stale_after_s``: a scaler lock not renewed for this long belongs to a dead
+    scaler and is taken over.
+    """
+
+    max_instances_total: int | None = None
+    max_hourly_cost: float | None = None
+    hourly_prices: tuple[tuple[str, float], ...] = ()
+    spot_blackout_s: float = 900.0
+    max_consecutive_launch_failures: int = 5
+    lock_stale_after_s: float = 300.0
+
+    def price(self, instance_type: str) -> float | None:
+        """USD per hour of ``instance_type`` (None when the config gives no price)."""
+        return dict(self.hourly_prices).get(instance_type)
+
+
+@dataclass(frozen=True)
 class AutoscalerConfig:
     """The whole autoscaler config (see ``autoscaler/example.yaml`` for every key)."""
 
@@ -109,6 +134,7 @@ class AutoscalerConfig:
     instance_profile_arn: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     boot: BootConfig = field(default_factory=BootConfig)
+    limits: Limits = field(default_factory=Limits)
     service_project: str = "DevOps"
     service_name: str = "FleetFL autoscaler"
 
@@ -143,6 +169,14 @@ class AutoscalerConfig:
                 "requirements": list(self.boot.requirements),
                 "extra_script": self.boot.extra_script,
                 "extra_clearml_conf": self.boot.extra_clearml_conf,
+            },
+            "limits": {
+                "max_instances_total": self.limits.max_instances_total,
+                "max_hourly_cost": self.limits.max_hourly_cost,
+                "hourly_prices": dict(self.limits.hourly_prices),
+                "spot_blackout_s": self.limits.spot_blackout_s,
+                "max_consecutive_launch_failures": self.limits.max_consecutive_launch_failures,
+                "lock_stale_after_s": self.limits.lock_stale_after_s,
             },
             "queues": {
                 queue.name: {"resources": [_resource_dict(r) for r in queue.resources]}
@@ -258,6 +292,15 @@ def _dotted(path: tuple) -> str:
 
 
 _MISSING = object()
+
+
+def resource_keys(config: AutoscalerConfig) -> list[tuple[str, Resource]]:
+    """(key such as ``queues.train.resources[0]``, resource) for every resource, in config order."""
+    return [
+        (f"queues.{queue.name}.resources[{index}]", resource)
+        for queue in config.queues
+        for index, resource in enumerate(queue.resources)
+    ]
 
 
 class _Reader:
@@ -390,6 +433,7 @@ class _Reader:
                 "service_name",
                 "tags",
                 "boot",
+                "limits",
                 "queues",
             ),
         )
@@ -420,6 +464,7 @@ class _Reader:
             instance_profile_arn=profile_arn,
             tags=self.tags(top, (), "tags"),
             boot=self.boot(top.get("boot")),
+            limits=self.limits(top.get("limits")),
             service_project=self.string(top, (), "service_project", default="DevOps"),
             service_name=self.string(top, (), "service_name", default="FleetFL autoscaler"),
         )
@@ -427,7 +472,57 @@ class _Reader:
             raise self.error(("polling_interval_s",), "at most 3600 seconds (ClearML polls in minutes)")
         if config.spin_up_timeout_s < config.polling_interval_s:
             raise self.error(("spin_up_timeout_s",), "must be at least polling_interval_s")
+        if config.limits.lock_stale_after_s < 2 * config.polling_interval_s:
+            raise self.error(
+                ("limits", "lock_stale_after_s"),
+                "must be at least twice polling_interval_s (renewed every poll)",
+            )
+        if config.limits.max_hourly_cost is not None:
+            for where, resource in resource_keys(config):
+                if config.limits.price(resource.instance_type) is None:
+                    raise self.error(
+                        ("limits", "hourly_prices"),
+                        f"no price for {resource.instance_type} ({where}); max_hourly_cost needs the "
+                        "USD per hour of every instance type",
+                    )
         return config
+
+    def limits(self, value: Any) -> Limits:
+        path = ("limits",)
+        known = (
+            "max_instances_total",
+            "max_hourly_cost",
+            "hourly_prices",
+            "spot_blackout_s",
+            "max_consecutive_launch_failures",
+            "lock_stale_after_s",
+        )
+        section = self.mapping(value, path, known)
+        cost = self.get(section, path, "max_hourly_cost", None)
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float) or cost <= 0):
+            raise self.error((*path, "max_hourly_cost"), f"expected USD per hour > 0, got {cost!r}")
+        prices_value = section.get("hourly_prices") or {}
+        prices = self.mapping(prices_value, (*path, "hourly_prices"), tuple(str(k) for k in prices_value))
+        out = []
+        for instance_type, price in prices.items():
+            where = (*path, "hourly_prices", instance_type)
+            if not isinstance(instance_type, str) or not _INSTANCE_TYPE.match(instance_type):
+                raise self.error(where, "keys are instance types such as g4dn.xlarge")
+            if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+                raise self.error(where, f"expected USD per hour >= 0, got {price!r}")
+            out.append((instance_type, float(price)))
+        return Limits(
+            max_instances_total=self.integer(
+                section, path, "max_instances_total", default=None, maximum=10000
+            ),
+            max_hourly_cost=None if cost is None else float(cost),
+            hourly_prices=tuple(out),
+            spot_blackout_s=self.seconds(section, path, "spot_blackout_s", 900.0),
+            max_consecutive_launch_failures=self.integer(
+                section, path, "max_consecutive_launch_failures", default=5, minimum=1
+            ),
+            lock_stale_after_s=self.seconds(section, path, "lock_stale_after_s", 300.0),
+        )
 
     def queues(self, value: Any) -> tuple[QueueConfig, ...]:
         path = ("queues",)

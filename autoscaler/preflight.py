@@ -7,21 +7,14 @@ Every problem is an :class:`~autoscaler.config.AutoscalerConfigError` naming the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from autoscaler.config import AutoscalerConfig, AutoscalerConfigError, Resource
+from autoscaler.config import AutoscalerConfig, AutoscalerConfigError, resource_keys
 
 #: EC2 error codes that mean "no such thing" (besides the ``*.NotFound`` / ``*.Malformed`` family).
 _NOT_FOUND_CODES = ("InvalidInstanceType", "InvalidParameterValue")
-
-
-def _resources_with_keys(config: AutoscalerConfig) -> Iterator[tuple[str, Resource]]:
-    for queue in config.queues:
-        for index, resource in enumerate(queue.resources):
-            yield f"queues.{queue.name}.resources[{index}]", resource
 
 
 def check_queues(config: AutoscalerConfig, existing: set[str]) -> None:
@@ -63,7 +56,7 @@ def check_aws(config: AutoscalerConfig, ec2: Any) -> None:
             raise
 
     zones = None
-    for where, resource in _resources_with_keys(config):
+    for where, resource in resource_keys(config):
         if not found(ec2.describe_images, "Images", ImageIds=[resource.ami]):
             raise AutoscalerConfigError(f"{where}.ami: {resource.ami} not found in {config.region}")
         if not found(ec2.describe_instance_types, "InstanceTypes", InstanceTypes=[resource.instance_type]):

@@ -89,9 +89,10 @@ def run_autoscaler(config: AutoscalerConfig, cycles: int | None = None, check: b
         config.spin_up_timeout_s,
     )
     try:
-        scaler.start()
+        scaler.start()  # AutoscalerStopped / ScalerLockError: stopped on an error (exit non-zero)
     except KeyboardInterrupt:
         scaler.stop()
+        scaler.lock.release()
     return scaler
 
 
@@ -220,6 +221,9 @@ def main() -> int:
     except ValueError as exc:  # config and AWS access problems: one clear line in the task's log
         log.error("%s", exc)
         return 2
+    except RuntimeError as exc:  # AutoscalerStopped, ScalerLockError: the scaler stopped on an error
+        log.error("%s", exc)
+        return 1
     return 0
 
 
