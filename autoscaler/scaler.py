@@ -93,7 +93,12 @@ def resource_configuration(config: AutoscalerConfig, resource: Resource) -> dict
             {"ResourceType": "instance", "Tags": aws_tags},
             {"ResourceType": "volume", "Tags": aws_tags},
         ],
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        # hop limit 2: containers of image-mode tasks (one hop further) reach the instance profile
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 2,
+        },
     }
     if resource.spot:
         # Spot through RunInstances (one-time, terminated on interruption) rather than ClearML's

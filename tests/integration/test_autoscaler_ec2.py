@@ -128,6 +128,7 @@ def test_waiting_tasks_start_min_of_waiting_and_maximum_instances(
         assert instance["ImageId"] == aws_ec2.ami and instance["SubnetId"] == aws_ec2.subnet
         assert [g["GroupId"] for g in instance["SecurityGroups"]] == [aws_ec2.security_group]
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
         tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
         assert tags == {
             "project": "fleetfl",
