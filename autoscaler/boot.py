@@ -39,12 +39,14 @@ SPOT_WATCH_SOURCE = Path(__file__).with_name("spot_watch.py")
 _SPOT_WATCH_EOF = "FLEETFL_SPOT_WATCH"
 
 
-def boot_script(boot: BootConfig) -> str:
+def boot_script(boot: BootConfig, secrets: tuple[str, ...] | list[str] = ()) -> str:
     """The bash lines run on every new instance before clearml-agent starts (ClearML's
-    ``extra_vm_bash_script``)."""
+    ``extra_vm_bash_script``); ``secrets``: the lines that fetch the ClearML credentials
+    (:func:`autoscaler.secrets.boot_lines`), run first."""
     agent = shlex.quote(f"clearml-agent=={boot.agent_version}")
     lines = [
         "# --- FleetFL boot script (autoscaler/boot.py)",
+        *secrets,
         "# pin clearml-agent to the release FleetFL is tested with (ClearML installs the newest)",
         f"python -m pip install --quiet {agent}",
     ]

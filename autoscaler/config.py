@@ -130,6 +130,7 @@ class AutoscalerConfig:
     spin_up_timeout_s: float = 900.0
     workers_prefix: str = "fleetfl"
     create_missing_queues: bool = False
+    secrets_in_ssm: bool = True
     instance_profile_name: str | None = None
     instance_profile_arn: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
@@ -156,6 +157,7 @@ class AutoscalerConfig:
             "spin_up_timeout_s": self.spin_up_timeout_s,
             "workers_prefix": self.workers_prefix,
             "create_missing_queues": self.create_missing_queues,
+            "secrets_in_ssm": self.secrets_in_ssm,
             "instance_profile_name": self.instance_profile_name,
             "instance_profile_arn": self.instance_profile_arn,
             "service_project": self.service_project,
@@ -427,6 +429,7 @@ class _Reader:
                 "spin_up_timeout_s",
                 "workers_prefix",
                 "create_missing_queues",
+                "secrets_in_ssm",
                 "instance_profile_name",
                 "instance_profile_arn",
                 "service_project",
@@ -460,6 +463,7 @@ class _Reader:
                 top, (), "workers_prefix", _NAME, "letters, digits, _ . -", default="fleetfl"
             ),
             create_missing_queues=self.boolean(top, (), "create_missing_queues", False),
+            secrets_in_ssm=self.boolean(top, (), "secrets_in_ssm", True),
             instance_profile_name=profile_name,
             instance_profile_arn=profile_arn,
             tags=self.tags(top, (), "tags"),

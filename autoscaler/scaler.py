@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 from clearml.automation.auto_scaler import AutoScaler, ScalerConfig
 from clearml.automation.aws_driver import AWSDriver
+from clearml.automation.cloud_driver import clearml_conf_template
 from clearml.backend_api import Session
 from clearml.backend_api.session.defs import ENV_AUTH_TOKEN
 
@@ -28,6 +29,7 @@ from autoscaler.boot import boot_script
 from autoscaler.config import AutoscalerConfig, Resource
 from autoscaler.fleet import OWNER_TAG, RESOURCE_TAG, FleetBudget, LiveInstance, live_instances
 from autoscaler.lock import ScalerLock, ScalerLockError
+from autoscaler.secrets import boot_lines, parameter_name, store_credentials
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,14 @@ def resource_configuration(config: AutoscalerConfig, resource: Resource) -> dict
     return conf
 
 
+def worker_boot_script(config: AutoscalerConfig) -> str:
+    """FleetFL's part of the user data for ``config`` (with the credentials fetch from SSM)."""
+    secrets = (
+        boot_lines(parameter_name(config.workers_prefix), config.region) if config.secrets_in_ssm else ()
+    )
+    return boot_script(config.boot, secrets)
+
+
 def scaler_config(config: AutoscalerConfig) -> ScalerConfig:
     """ClearML's ``ScalerConfig`` for ``config`` (timeouts refined in :class:`FleetAutoScaler`)."""
     return ScalerConfig(
@@ -168,6 +178,19 @@ class FleetAWSDriver(AWSDriver):
         # ClearML's IMDSv1 call fails where instances require IMDSv2 tokens (see IMDS_INSTANCE_ID).
         return IMDS_INSTANCE_ID
 
+    #: set by build_driver: the ClearML credentials go to SSM, not into the user data
+    secrets_in_ssm = False
+
+    def clearml_conf(self) -> str:
+        # clearml 2.1.12 defect: CloudDriver.clearml_conf copies CLEARML_AUTOSCALER_GIT_USER /
+        # _PASSWORD from the scaler's environment into every instance's user data. With the
+        # credentials in SSM, the git ones travel there too (autoscaler/secrets.py).
+        if not self.secrets_in_ssm:
+            return super().clearml_conf()
+        return clearml_conf_template.format(
+            git_user="", git_pass="", extra_clearml_conf=self.extra_clearml_conf
+        )
+
     def console_log(self, instance_id: str) -> str:
         # ClearML's boot script runs under `set -x` and exports the ClearML keys, so the console
         # output can echo them; the scaler copies that output into its (ClearML-stored) log.
@@ -177,7 +200,7 @@ class FleetAWSDriver(AWSDriver):
         if scaler is not None and not scaler._running():
             return ""
         text = super().console_log(instance_id)
-        for secret in (self.secret_key, self.auth_token):
+        for secret in (self.secret_key, self.auth_token, self.session.secret_key):
             if secret:
                 text = text.replace(secret, "********")
         return text
@@ -186,21 +209,23 @@ class FleetAWSDriver(AWSDriver):
 def build_driver(config: AutoscalerConfig, session: Session | None = None) -> FleetAWSDriver:
     """ClearML's AWS driver for ``config``, authenticated with the current ClearML session.
 
-    The ClearML address and keys (from the SDK's configuration) go into each instance's user data,
-    as in ClearML's own autoscaler: give the autoscaler a key pair meant for workers.
+    The ClearML address goes into each instance's user data; the keys (from the SDK's
+    configuration) go to SSM Parameter Store (``secrets_in_ssm``, the default) or, as in ClearML's
+    own autoscaler, into the user data. Give the autoscaler a key pair meant for workers.
     """
     session = session or Session()
-    return FleetAWSDriver(
+    in_user_data = not config.secrets_in_ssm
+    driver = FleetAWSDriver(
         git_user="",
         git_pass="",
         extra_clearml_conf=config.boot.extra_clearml_conf,
         api_server=session.get_api_server_host(),
         web_server=session.get_app_server_host(),
         files_server=session.get_files_server_host(),
-        access_key=session.access_key,
-        secret_key=session.secret_key,
-        auth_token=ENV_AUTH_TOKEN.get(),
-        extra_vm_bash_script=boot_script(config.boot),
+        access_key=session.access_key if in_user_data else "",
+        secret_key=session.secret_key if in_user_data else "",
+        auth_token=ENV_AUTH_TOKEN.get() if in_user_data else "",
+        extra_vm_bash_script=worker_boot_script(config),
         docker_image=config.boot.image if config.boot.mode == "image" else "",
         session=session,
         aws_region=config.region,
@@ -208,6 +233,8 @@ def build_driver(config: AutoscalerConfig, session: Session | None = None) -> Fl
         iam_arn=config.instance_profile_arn or "",
         iam_name=config.instance_profile_name or "",
     )
+    driver.secrets_in_ssm = config.secrets_in_ssm
+    return driver
 
 
 #: EC2 error codes of a spot launch that mean "no spot capacity at this price now": the queue's next
@@ -288,6 +315,11 @@ class FleetAutoScaler(AutoScaler):
         self.lock.acquire()
         self._lock_renewed = True
         try:
+            if self.fleet_config.secrets_in_ssm:
+                session = self.driver.session
+                ssm = boto3.client("ssm", **self.driver.creds())
+                name = parameter_name(self.workers_prefix)
+                store_credentials(ssm, name, session.access_key or "", session.secret_key or "")
             super().start()
         finally:
             self.lock.release()

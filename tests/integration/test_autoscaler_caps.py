@@ -242,7 +242,7 @@ def test_stale_lock_of_a_dead_scaler_is_taken_over(clearml_server: Any, aws_ec2:
         LaunchTemplateData={},
         TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
     )
-    with pytest.raises(ScalerLockError, match="dead-host:1:x, renewed 30 s ago"):
+    with pytest.raises(ScalerLockError, match=r"dead-host:1:x, renewed \d+ s ago"):
         run_autoscaler(config, cycles=1, check=False)
     assert aws_ec2.live_instances() == []
     template_id = aws_ec2.client.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"][0][

@@ -291,6 +291,7 @@ def test_service_task_keeps_aws_credentials_out_of_clearml(
             "AWS_PROFILE": "fleetfl",
             "AWS_CONFIG_FILE": str(credentials.with_name("none")),
             "AWS_ENDPOINT_URL_EC2": aws_ec2.endpoint,
+            "AWS_ENDPOINT_URL": aws_ec2.endpoint,
             "AWS_EC2_METADATA_DISABLED": "true",
         },
     )
