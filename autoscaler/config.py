@@ -120,6 +120,28 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class AlarmConfig:
+    """A CloudWatch alarm on a FleetFL metric (see :mod:`autoscaler.cloudwatch`)."""
+
+    name: str
+    metric: str
+    comparison: str
+    threshold: float
+    queue: str | None = None
+    statistic: str = "Maximum"
+    period_s: int = 60
+    evaluation_periods: int = 1
+
+
+@dataclass(frozen=True)
+class CloudWatchConfig:
+    """Fleet metrics in CloudWatch (namespace FleetFL) and alarms notifying an SNS topic."""
+
+    sns_topic: str
+    alarms: tuple[AlarmConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class AutoscalerConfig:
     """The whole autoscaler config (see ``autoscaler/example.yaml`` for every key)."""
 
@@ -136,6 +158,7 @@ class AutoscalerConfig:
     tags: tuple[tuple[str, str], ...] = ()
     boot: BootConfig = field(default_factory=BootConfig)
     limits: Limits = field(default_factory=Limits)
+    cloudwatch: CloudWatchConfig | None = None
     service_project: str = "DevOps"
     service_name: str = "FleetFL autoscaler"
 
@@ -179,6 +202,12 @@ class AutoscalerConfig:
                 "spot_blackout_s": self.limits.spot_blackout_s,
                 "max_consecutive_launch_failures": self.limits.max_consecutive_launch_failures,
                 "lock_stale_after_s": self.limits.lock_stale_after_s,
+            },
+            "cloudwatch": None
+            if self.cloudwatch is None
+            else {
+                "sns_topic": self.cloudwatch.sns_topic,
+                "alarms": [dict(vars(alarm)) for alarm in self.cloudwatch.alarms],
             },
             "queues": {
                 queue.name: {"resources": [_resource_dict(r) for r in queue.resources]}
@@ -437,6 +466,7 @@ class _Reader:
                 "tags",
                 "boot",
                 "limits",
+                "cloudwatch",
                 "queues",
             ),
         )
@@ -469,6 +499,7 @@ class _Reader:
             tags=self.tags(top, (), "tags"),
             boot=self.boot(top.get("boot")),
             limits=self.limits(top.get("limits")),
+            cloudwatch=self.cloudwatch(top.get("cloudwatch"), queues),
             service_project=self.string(top, (), "service_project", default="DevOps"),
             service_name=self.string(top, (), "service_name", default="FleetFL autoscaler"),
         )
@@ -490,6 +521,65 @@ class _Reader:
                         "USD per hour of every instance type",
                     )
         return config
+
+    def cloudwatch(self, value: Any, queues: tuple[QueueConfig, ...]) -> CloudWatchConfig | None:
+        from autoscaler.cloudwatch import COMPARISONS, QUEUE_METRICS, RUN_METRICS
+
+        if value is None:
+            return None
+        path = ("cloudwatch",)
+        section = self.mapping(value, path, ("sns_topic", "alarms"))
+        topic = self.string(section, path, "sns_topic", _NAME, "an SNS topic name: letters, digits, _ . -")
+        items = section.get("alarms") or []
+        if not isinstance(items, list):
+            raise self.error((*path, "alarms"), "expected a list of alarms")
+        known = (
+            "name",
+            "metric",
+            "comparison",
+            "threshold",
+            "queue",
+            "statistic",
+            "period_s",
+            "evaluation_periods",
+        )
+        alarms, names = [], set()
+        for index, item in enumerate(items):
+            where = (*path, "alarms", index)
+            alarm = self.mapping(item, where, known)
+            name = self.string(alarm, where, "name", _NAME, "letters, digits, _ . -")
+            if name in names:
+                raise self.error((*where, "name"), f"alarm {name!r} is defined twice")
+            names.add(name)
+            metric = self.get(alarm, where, "metric")
+            if metric not in QUEUE_METRICS + RUN_METRICS:
+                raise self.error(
+                    (*where, "metric"),
+                    f"unknown metric {metric!r} (known: {', '.join(QUEUE_METRICS + RUN_METRICS)})",
+                )
+            queue = self.string(alarm, where, "queue", default=None)
+            if queue is not None and (metric not in QUEUE_METRICS or queue not in {q.name for q in queues}):
+                raise self.error(
+                    (*where, "queue"), f"{queue!r}: a configured queue, for per-queue metrics only"
+                )
+            threshold = self.get(alarm, where, "threshold")
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+                raise self.error((*where, "threshold"), f"expected a number, got {threshold!r}")
+            alarms.append(
+                AlarmConfig(
+                    name=name,
+                    metric=metric,
+                    comparison=self._choice(alarm, where, "comparison", tuple(COMPARISONS), ">"),
+                    threshold=float(threshold),
+                    queue=queue,
+                    statistic=self._choice(
+                        alarm, where, "statistic", ("Maximum", "Minimum", "Average", "Sum"), "Maximum"
+                    ),
+                    period_s=self.integer(alarm, where, "period_s", default=60, minimum=10),
+                    evaluation_periods=self.integer(alarm, where, "evaluation_periods", default=1, minimum=1),
+                )
+            )
+        return CloudWatchConfig(sns_topic=topic, alarms=tuple(alarms))
 
     def limits(self, value: Any) -> Limits:
         path = ("limits",)

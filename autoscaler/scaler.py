@@ -25,6 +25,7 @@ from clearml.automation.cloud_driver import clearml_conf_template
 from clearml.backend_api import Session
 from clearml.backend_api.session.defs import ENV_AUTH_TOKEN
 
+from autoscaler import cloudwatch
 from autoscaler.boot import boot_script
 from autoscaler.config import AutoscalerConfig, Resource
 from autoscaler.fleet import OWNER_TAG, RESOURCE_TAG, FleetBudget, LiveInstance, live_instances
@@ -302,6 +303,9 @@ class FleetAutoScaler(AutoScaler):
         self._lock_renewed = False
         self._budget: FleetBudget | None = None
         self._blackout: dict[str, float] = {}  # spot resource -> skipped until (epoch seconds)
+        self._launches: dict[str, int] = {}  # per queue, since the last published metrics
+        self._failures: dict[str, int] = {}
+        self.cloudwatch = boto3.client("cloudwatch", **driver.creds()) if config.cloudwatch else None
         super().__init__(scaler_config(config), driver, logger=logging.getLogger("autoscaler.clearml"))
         # the scaler computes in float minutes: set the configured seconds exactly
         self.max_idle_time_min = config.idle_timeout_s / 60
@@ -320,11 +324,47 @@ class FleetAutoScaler(AutoScaler):
                 ssm = boto3.client("ssm", **self.driver.creds())
                 name = parameter_name(self.workers_prefix)
                 store_credentials(ssm, name, session.access_key or "", session.secret_key or "")
+            self._create_alarms()
             super().start()
         finally:
             self.lock.release()
         if self.failure:
             raise AutoscalerStopped(self.failure)
+
+    def _create_alarms(self) -> None:
+        settings = self.fleet_config.cloudwatch
+        if settings is None:
+            return
+        try:
+            sns = boto3.client("sns", **self.driver.creds())
+            cloudwatch.ensure_alarms(
+                self.cloudwatch, sns, list(settings.alarms), settings.sns_topic, self.workers_prefix
+            )
+        except Exception as exc:  # metrics and alarms never stop scaling
+            self.logger.warning("could not create the CloudWatch alarms: %s", exc)
+
+    def _publish_metrics(self) -> None:
+        """The per-queue metrics of this poll (launch counts: since the previous poll)."""
+        if self.cloudwatch is None or self._live is None:
+            return
+        data = []
+        for queue, resources in self.queues.items():
+            names = {name for name, _ in resources}
+            live = [inst for inst in self._live.values() if inst.resource in names]
+            try:
+                queued = len(self.api_client.queues.get_by_id(self._queue_ids[queue]).entries or [])
+            except Exception:
+                continue
+            values = {
+                "QueuedTasks": queued,
+                "LiveInstances": len(live),
+                "BootingInstances": sum(1 for name, _ in self._spun_workers.values() if name in names),
+                "Launches": self._launches.pop(queue, 0),
+                "LaunchFailures": self._failures.pop(queue, 0),
+                "HourlyCost": sum(self.fleet_config.limits.price(inst.instance_type) or 0.0 for inst in live),
+            }
+            data += cloudwatch.queue_data(queue, values)
+        cloudwatch.publish(self.cloudwatch, data)
 
     def fail(self, message: str) -> None:
         """Stop the scaler after this poll, with ``message`` as the reason."""
@@ -413,6 +453,7 @@ class FleetAutoScaler(AutoScaler):
     def extra_allocations(self) -> list[Any]:
         if self._live is not None and self._lock_renewed and self.failure is None:
             self._budget = FleetBudget(self.fleet_config, list(self._live.values()))
+        self._publish_metrics()
         return _LaunchPlan(self)
 
     def admit(self, resources: list[Any]) -> list[str]:
@@ -484,6 +525,8 @@ class FleetAutoScaler(AutoScaler):
     def launched(self, resource: str, instance_id: str) -> None:
         """A launch of ``resource`` succeeded (called by the driver)."""
         self.consecutive_failures = 0
+        queue = self.resource_to_queue[resource]
+        self._launches[queue] = self._launches.get(queue, 0) + 1
         conf = self.resource_configurations[resource]
         inst = LiveInstance(
             instance_id, resource, conf["instance_type"], time.time(), spot=self._is_spot(resource)
@@ -508,6 +551,8 @@ class FleetAutoScaler(AutoScaler):
         capacity or price errors: the queue's next resource), or None."""
         code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
         self.consecutive_failures += 1
+        queue = self.resource_to_queue[resource]
+        self._failures[queue] = self._failures.get(queue, 0) + 1
         limit = self.fleet_config.limits.max_consecutive_launch_failures
         self.logger.error(
             "launch of %s failed (%d in a row, stop at %d): %s: %s",

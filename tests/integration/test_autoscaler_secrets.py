@@ -145,6 +145,10 @@ def test_iam_policy_in_the_docs_covers_every_call_the_scaler_makes(
             _queue_with_task("iam"),
             {"key_name": "fleet-ops", "spot": True},
             instance_profile_name="fleetfl-worker",
+            cloudwatch={
+                "sns_topic": "fleetfl-alarms",
+                "alarms": [{"name": "cost", "metric": "HourlyCost", "comparison": ">", "threshold": 5}],
+            },
         )
         path = tmp_path / "fleet.yaml"
         path.write_text(yaml.safe_dump(config.to_dict()))
