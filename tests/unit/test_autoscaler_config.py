@@ -232,3 +232,37 @@ def test_limits_round_trip() -> None:
     config = config_from_yaml(text, source="fleet.yaml")
     assert config.limits.max_instances_total == 3 and config.limits.price("g4dn.xlarge") == 0.526
     assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("cloudwatch: {alarms: []}\n", "cloudwatch.sns_topic: missing"),
+        (
+            "cloudwatch: {sns_topic: t, alarms: [{name: a, metric: MAP, threshold: 1}]}\n",
+            "cloudwatch.alarms[0].metric: unknown metric 'MAP'",
+        ),
+        (
+            "cloudwatch: {sns_topic: t, alarms: [{name: a, metric: HourlyCost, threshold: 1, queue: x}]}\n",
+            "cloudwatch.alarms[0].queue: 'x': a configured queue",
+        ),
+        (
+            "cloudwatch: {sns_topic: t, alarms: [{name: a, metric: LiveInstances, threshold: 1, "
+            "comparison: '!='}]}\n",
+            "cloudwatch.alarms[0].comparison: expected one of >, >=, <, <=",
+        ),
+    ],
+)
+def test_bad_cloudwatch_sections_name_the_key(section: str, expected: str) -> None:
+    assert expected in _error(BASE.replace("queues:\n", f"{section}queues:\n", 1))
+
+
+def test_cloudwatch_section_round_trips() -> None:
+    section = (
+        "cloudwatch:\n  sns_topic: fleet-alarms\n  alarms:\n"
+        "    - {name: cost, metric: HourlyCost, queue: train, comparison: '>', threshold: 4}\n"
+    )
+    config = config_from_yaml(BASE.replace("queues:\n", f"{section}queues:\n", 1), source="fleet.yaml")
+    (alarm,) = config.cloudwatch.alarms
+    assert (alarm.metric, alarm.queue, alarm.comparison, alarm.threshold) == ("HourlyCost", "train", ">", 4.0)
+    assert config_from_dict(config.to_dict()) == config
