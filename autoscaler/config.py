@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from autoscaler.fleet_config import (
+    INSTANCE_TYPE_PATTERN,
+    NAME_PATTERN,
+    AlarmConfig,
+    CloudWatchConfig,
+    Limits,
+    read_cloudwatch,
+    read_limits,
+)
+from autoscaler.yaml_reader import AutoscalerConfigError, YamlReader, compose
+
+__all__ = ["AlarmConfig", "AutoscalerConfigError", "CloudWatchConfig", "Limits"]
 
 #: Where relative ``boot.requirements`` paths are looked up after the config file's own folder.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +40,9 @@ DEFAULT_AGENT_VERSION = "3.0.3"
 BOOT_MODES = ("agent", "image")
 EBS_VOLUME_TYPES = ("gp2", "gp3", "io1", "io2", "st1", "sc1", "standard")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # no ':' (ClearML worker ids are ':'-separated)
+_NAME = NAME_PATTERN
 _QUEUE = re.compile(r"^[^\s:][^:]*(?<!\s)$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")  # g4dn.xlarge, u-6tb1.metal, ...
+_INSTANCE_TYPE = INSTANCE_TYPE_PATTERN
 _AMI = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _SUBNET = re.compile(r"^subnet-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _SECURITY_GROUP = re.compile(r"^sg-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
@@ -41,11 +52,6 @@ _DEVICE = re.compile(r"^/dev/[a-z0-9]+$")
 _VERSION = re.compile(r"^\d+(?:\.\d+){0,3}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 _INSTANCE_PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$")
-_CREDENTIAL_WORDS = ("secret", "access_key", "session_token", "password", "credentials")
-
-
-class AutoscalerConfigError(ValueError):
-    """A bad autoscaler config; the message names the file, the line and the key."""
 
 
 @dataclass(frozen=True)
@@ -92,53 +98,6 @@ class BootConfig:
     requirements: tuple[str, ...] = ()
     extra_script: str = ""
     extra_clearml_conf: str = ""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Fleet-wide limits, on top of each resource's ``max_instances`` (see docs/autoscaler.md).
-
-    ``max_instances_total`` caps live instances over all resources; ``max_hourly_cost`` caps the
-    summed ``hourly_prices`` (USD per hour, per instance type) of live instances. A launch that would
-    pass either is refused and logged. ``spot_blackout_s``: how long a spot resource that failed for
-    capacity or price is skipped (its queue's next resource is used instead).
-    ``max_consecutive_launch_failures``: ``run`` stops with an error after that many failed launches
-    in a row. ``lock_stale_after_s``: a scaler lock not renewed for this long belongs to a dead
-    scaler and is taken over.
-    """
-
-    max_instances_total: int | None = None
-    max_hourly_cost: float | None = None
-    hourly_prices: tuple[tuple[str, float], ...] = ()
-    spot_blackout_s: float = 900.0
-    max_consecutive_launch_failures: int = 5
-    lock_stale_after_s: float = 300.0
-
-    def price(self, instance_type: str) -> float | None:
-        """USD per hour of ``instance_type`` (None when the config gives no price)."""
-        return dict(self.hourly_prices).get(instance_type)
-
-
-@dataclass(frozen=True)
-class AlarmConfig:
-    """A CloudWatch alarm on a FleetFL metric (see :mod:`autoscaler.cloudwatch`)."""
-
-    name: str
-    metric: str
-    comparison: str
-    threshold: float
-    queue: str | None = None
-    statistic: str = "Maximum"
-    period_s: int = 60
-    evaluation_periods: int = 1
-
-
-@dataclass(frozen=True)
-class CloudWatchConfig:
-    """Fleet metrics in CloudWatch (namespace FleetFL) and alarms notifying an SNS topic."""
-
-    sns_topic: str
-    alarms: tuple[AlarmConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,63 +225,13 @@ def load_config(path: str | Path) -> AutoscalerConfig:
 
 def config_from_yaml(text: str, source: str = "<config>", base_dir: Path | None = None) -> AutoscalerConfig:
     """Validate a YAML document (``source`` names it in errors; ``base_dir`` resolves paths)."""
-    data, lines = _compose(text, source)
+    data, lines = compose(text, source)
     return _Reader(source, lines, base_dir).config(data)
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> AutoscalerConfig:
     """Validate an already-parsed document (e.g. the one stored on the ClearML service task)."""
     return _Reader(source, {}, None).config(data)
-
-
-def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML safely, keeping the line of every key and item; refuse duplicate keys."""
-    loader = yaml.SafeLoader(text)
-    lines: dict[tuple, int] = {}
-    try:
-        node = loader.get_single_node()
-
-        def build(node: yaml.Node, path: tuple) -> Any:
-            lines.setdefault(path, node.start_mark.line + 1)
-            if isinstance(node, yaml.MappingNode):
-                loader.flatten_mapping(node)
-                out: dict[Any, Any] = {}
-                for key_node, value_node in node.value:
-                    key = loader.construct_object(key_node, deep=True)
-                    if not isinstance(key, str):
-                        raise AutoscalerConfigError(
-                            f"{source}:{key_node.start_mark.line + 1}: {_dotted(path) or '<top>'}: "
-                            f"key {key!r} is not a string"
-                        )
-                    if key in out:
-                        raise AutoscalerConfigError(
-                            f"{source}:{key_node.start_mark.line + 1}: {_dotted((*path, key))}: duplicate key"
-                        )
-                    lines[(*path, key)] = key_node.start_mark.line + 1
-                    out[key] = build(value_node, (*path, key))
-                return out
-            if isinstance(node, yaml.SequenceNode):
-                return [build(item, (*path, i)) for i, item in enumerate(node.value)]
-            return loader.construct_object(node, deep=True)
-
-        data = build(node, ()) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise AutoscalerConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    finally:
-        loader.dispose()
-    return data, lines
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-_MISSING = object()
 
 
 def resource_keys(config: AutoscalerConfig) -> list[tuple[str, Resource]]:
@@ -334,101 +243,12 @@ def resource_keys(config: AutoscalerConfig) -> list[tuple[str, Resource]]:
     ]
 
 
-class _Reader:
+class _Reader(YamlReader):
     """Turns a parsed document into the typed config; every error names file, line and key."""
 
     def __init__(self, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:
-        self.source = source
-        self.lines = lines
+        super().__init__(source, lines)
         self.base_dir = base_dir
-
-    # -- errors
-    def error(self, path: tuple, message: str) -> AutoscalerConfigError:
-        line = None
-        for depth in range(len(path), -1, -1):  # the key's own line, else its nearest parent's
-            line = self.lines.get(path[:depth])
-            if line is not None:
-                break
-        where = f"{self.source}:{line}" if line is not None else self.source
-        return AutoscalerConfigError(f"{where}: {_dotted(path) or '<top>'}: {message}")
-
-    def mapping(self, value: Any, path: tuple, known: tuple[str, ...]) -> Mapping[str, Any]:
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
-        for key in value:
-            if key in known:
-                continue
-            if any(word in str(key).lower() for word in _CREDENTIAL_WORDS):
-                raise self.error(
-                    (*path, key),
-                    "credentials do not belong in the config: boto3 reads them from the "
-                    "environment, ~/.aws or the instance profile",
-                )
-            raise self.error((*path, key), f"unknown key (known: {', '.join(known)})")
-        return value
-
-    # -- typed getters
-    def get(self, data: Mapping, path: tuple, key: str, default: Any = _MISSING) -> Any:
-        value = data.get(key, None)
-        if value is None:
-            if default is _MISSING:
-                raise self.error((*path, key), "missing")
-            return default
-        return value
-
-    def string(
-        self,
-        data: Mapping,
-        path: tuple,
-        key: str,
-        pattern: re.Pattern | None = None,
-        hint: str = "",
-        default: Any = _MISSING,
-    ) -> Any:
-        value = self.get(data, path, key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise self.error((*path, key), f"expected a non-empty string, got {value!r}")
-        if pattern is not None and not pattern.match(value):
-            raise self.error((*path, key), f"malformed value {value!r}" + (f" ({hint})" if hint else ""))
-        return value
-
-    def boolean(self, data: Mapping, path: tuple, key: str, default: bool) -> bool:
-        value = self.get(data, path, key, default)
-        if not isinstance(value, bool):
-            raise self.error((*path, key), f"expected true or false, got {value!r}")
-        return value
-
-    def integer(
-        self,
-        data: Mapping,
-        path: tuple,
-        key: str,
-        default: Any = _MISSING,
-        minimum: int = 0,
-        maximum: int | None = None,
-    ) -> Any:
-        value = self.get(data, path, key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error((*path, key), f"expected a whole number, got {value!r}")
-        if value < minimum:
-            raise self.error((*path, key), f"must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise self.error((*path, key), f"must be <= {maximum}, got {value}")
-        return value
-
-    def seconds(self, data: Mapping, path: tuple, key: str, default: float) -> float:
-        value = self.get(data, path, key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error((*path, key), f"expected a number of seconds, got {value!r}")
-        if not value > 0:
-            raise self.error((*path, key), f"must be > 0 seconds, got {value}")
-        return float(value)
 
     def tags(self, data: Mapping, path: tuple, key: str) -> tuple[tuple[str, str], ...]:
         value = self.mapping(data.get(key), (*path, key), tuple(str(k) for k in (data.get(key) or {})))
@@ -498,8 +318,8 @@ class _Reader:
             instance_profile_arn=profile_arn,
             tags=self.tags(top, (), "tags"),
             boot=self.boot(top.get("boot")),
-            limits=self.limits(top.get("limits")),
-            cloudwatch=self.cloudwatch(top.get("cloudwatch"), queues),
+            limits=read_limits(self, top.get("limits")),
+            cloudwatch=read_cloudwatch(self, top.get("cloudwatch"), {queue.name for queue in queues}),
             service_project=self.string(top, (), "service_project", default="DevOps"),
             service_name=self.string(top, (), "service_name", default="FleetFL autoscaler"),
         )
@@ -521,102 +341,6 @@ class _Reader:
                         "USD per hour of every instance type",
                     )
         return config
-
-    def cloudwatch(self, value: Any, queues: tuple[QueueConfig, ...]) -> CloudWatchConfig | None:
-        from autoscaler.cloudwatch import COMPARISONS, QUEUE_METRICS, RUN_METRICS
-
-        if value is None:
-            return None
-        path = ("cloudwatch",)
-        section = self.mapping(value, path, ("sns_topic", "alarms"))
-        topic = self.string(section, path, "sns_topic", _NAME, "an SNS topic name: letters, digits, _ . -")
-        items = section.get("alarms") or []
-        if not isinstance(items, list):
-            raise self.error((*path, "alarms"), "expected a list of alarms")
-        known = (
-            "name",
-            "metric",
-            "comparison",
-            "threshold",
-            "queue",
-            "statistic",
-            "period_s",
-            "evaluation_periods",
-        )
-        alarms, names = [], set()
-        for index, item in enumerate(items):
-            where = (*path, "alarms", index)
-            alarm = self.mapping(item, where, known)
-            name = self.string(alarm, where, "name", _NAME, "letters, digits, _ . -")
-            if name in names:
-                raise self.error((*where, "name"), f"alarm {name!r} is defined twice")
-            names.add(name)
-            metric = self.get(alarm, where, "metric")
-            if metric not in QUEUE_METRICS + RUN_METRICS:
-                raise self.error(
-                    (*where, "metric"),
-                    f"unknown metric {metric!r} (known: {', '.join(QUEUE_METRICS + RUN_METRICS)})",
-                )
-            queue = self.string(alarm, where, "queue", default=None)
-            if queue is not None and (metric not in QUEUE_METRICS or queue not in {q.name for q in queues}):
-                raise self.error(
-                    (*where, "queue"), f"{queue!r}: a configured queue, for per-queue metrics only"
-                )
-            threshold = self.get(alarm, where, "threshold")
-            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-                raise self.error((*where, "threshold"), f"expected a number, got {threshold!r}")
-            alarms.append(
-                AlarmConfig(
-                    name=name,
-                    metric=metric,
-                    comparison=self._choice(alarm, where, "comparison", tuple(COMPARISONS), ">"),
-                    threshold=float(threshold),
-                    queue=queue,
-                    statistic=self._choice(
-                        alarm, where, "statistic", ("Maximum", "Minimum", "Average", "Sum"), "Maximum"
-                    ),
-                    period_s=self.integer(alarm, where, "period_s", default=60, minimum=10),
-                    evaluation_periods=self.integer(alarm, where, "evaluation_periods", default=1, minimum=1),
-                )
-            )
-        return CloudWatchConfig(sns_topic=topic, alarms=tuple(alarms))
-
-    def limits(self, value: Any) -> Limits:
-        path = ("limits",)
-        known = (
-            "max_instances_total",
-            "max_hourly_cost",
-            "hourly_prices",
-            "spot_blackout_s",
-            "max_consecutive_launch_failures",
-            "lock_stale_after_s",
-        )
-        section = self.mapping(value, path, known)
-        cost = self.get(section, path, "max_hourly_cost", None)
-        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float) or cost <= 0):
-            raise self.error((*path, "max_hourly_cost"), f"expected USD per hour > 0, got {cost!r}")
-        prices_value = section.get("hourly_prices") or {}
-        prices = self.mapping(prices_value, (*path, "hourly_prices"), tuple(str(k) for k in prices_value))
-        out = []
-        for instance_type, price in prices.items():
-            where = (*path, "hourly_prices", instance_type)
-            if not isinstance(instance_type, str) or not _INSTANCE_TYPE.match(instance_type):
-                raise self.error(where, "keys are instance types such as g4dn.xlarge")
-            if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
-                raise self.error(where, f"expected USD per hour >= 0, got {price!r}")
-            out.append((instance_type, float(price)))
-        return Limits(
-            max_instances_total=self.integer(
-                section, path, "max_instances_total", default=None, maximum=10000
-            ),
-            max_hourly_cost=None if cost is None else float(cost),
-            hourly_prices=tuple(out),
-            spot_blackout_s=self.seconds(section, path, "spot_blackout_s", 900.0),
-            max_consecutive_launch_failures=self.integer(
-                section, path, "max_consecutive_launch_failures", default=5, minimum=1
-            ),
-            lock_stale_after_s=self.seconds(section, path, "lock_stale_after_s", 300.0),
-        )
 
     def queues(self, value: Any) -> tuple[QueueConfig, ...]:
         path = ("queues",)
@@ -698,16 +422,10 @@ class _Reader:
             ebs_device_name=self.string(
                 item, path, "ebs_device_name", _DEVICE, "such as /dev/sda1", default="/dev/sda1"
             ),
-            ebs_volume_type=self._choice(item, path, "ebs_volume_type", EBS_VOLUME_TYPES, "gp3"),
+            ebs_volume_type=self.choice(item, path, "ebs_volume_type", EBS_VOLUME_TYPES, "gp3"),
             tags=self.tags(item, path, "tags"),
             cpu_only=self.boolean(item, path, "cpu_only", False),
         )
-
-    def _choice(self, data: Mapping, path: tuple, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(data, path, key, default)
-        if value not in choices:
-            raise self.error((*path, key), f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
 
     def boot(self, value: Any) -> BootConfig:
         path = ("boot",)
@@ -724,7 +442,7 @@ class _Reader:
                 "extra_clearml_conf",
             ),
         )
-        mode = self._choice(boot, path, "mode", BOOT_MODES, "agent")
+        mode = self.choice(boot, path, "mode", BOOT_MODES, "agent")
         image = self.string(boot, path, "image", _IMAGE, "a docker image reference", default=None)
         if mode == "image" and not image:
             raise self.error((*path, "image"), "missing: boot.mode image needs the worker image to run")
