@@ -293,7 +293,7 @@ def test_random_arrivals_and_departures_never_pass_a_cap(
     client = APIClient()
     peak = Counter()
     try:
-        for _ in range(20):
+        for _ in range(14):
             for queue in (train, evaluate):  # tasks arrive
                 waiting += enqueue(queue, rng.choice([0, 0, 1, 2, 3]))
             for task_id in rng.sample(waiting, k=min(len(waiting), rng.choice([0, 1, 2]))):
