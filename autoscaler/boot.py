@@ -6,7 +6,8 @@ ClearML server address, keys and ``CLEARML_WORKER_ID=<prefix>:<resource>:<type>:
 *our* script (this module's output), then ``clearml-agent daemon --queue <queue> [--docker IMAGE]``
 and ``shutdown`` when the agent exits (instances are launched to terminate on shutdown).
 
-Our script pins clearml-agent to the tested release and, depending on ``boot.mode``:
+Our script pins clearml-agent to the tested release, starts the spot interruption watcher
+(:mod:`autoscaler.spot_watch`) in the background and, depending on ``boot.mode``:
 
 * ``agent``: installs FleetFL's requirements once into ``/opt/fleetfl/venv`` and points the agent
   at it (``CLEARML_AGENT_SKIP_PIP_VENV_INSTALL``), so tasks start without a per-task pip install.
@@ -20,6 +21,7 @@ Our script pins clearml-agent to the tested release and, depending on ``boot.mod
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from autoscaler.config import BootConfig
 
@@ -32,13 +34,19 @@ UV_VERSION = "0.13.8"
 #: Heredoc delimiter for the requirements file (quoted: nothing in it is expanded by bash).
 _REQUIREMENTS_EOF = "FLEETFL_REQUIREMENTS"
 
+#: The spot interruption watcher (standard library only), copied onto every instance.
+SPOT_WATCH_SOURCE = Path(__file__).with_name("spot_watch.py")
+_SPOT_WATCH_EOF = "FLEETFL_SPOT_WATCH"
 
-def boot_script(boot: BootConfig) -> str:
+
+def boot_script(boot: BootConfig, secrets: tuple[str, ...] | list[str] = ()) -> str:
     """The bash lines run on every new instance before clearml-agent starts (ClearML's
-    ``extra_vm_bash_script``)."""
+    ``extra_vm_bash_script``); ``secrets``: the lines that fetch the ClearML credentials
+    (:func:`autoscaler.secrets.boot_lines`), run first."""
     agent = shlex.quote(f"clearml-agent=={boot.agent_version}")
     lines = [
         "# --- FleetFL boot script (autoscaler/boot.py)",
+        *secrets,
         "# pin clearml-agent to the release FleetFL is tested with (ClearML installs the newest)",
         f"python -m pip install --quiet {agent}",
     ]
@@ -56,6 +64,14 @@ def boot_script(boot: BootConfig) -> str:
             f"export CLEARML_AGENT_SKIP_PIP_VENV_INSTALL={python}",
             "export CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1",
         ]
+    lines += [
+        "# on a spot interruption notice the task is stopped and re-enqueued (autoscaler/spot_watch.py)",
+        "mkdir -p /opt/fleetfl",
+        f"cat > /opt/fleetfl/spot_watch.py <<'{_SPOT_WATCH_EOF}'",
+        SPOT_WATCH_SOURCE.read_text(encoding="utf-8").rstrip("\n"),
+        _SPOT_WATCH_EOF,
+        "nohup python3 /opt/fleetfl/spot_watch.py >>/var/log/fleetfl-spot-watch.log 2>&1 &",
+    ]
     if boot.extra_script.strip():
         lines += ["# boot.extra_script from the autoscaler config", boot.extra_script.rstrip()]
     lines.append("# --- end of FleetFL boot script")

@@ -62,15 +62,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     check = commands.add_parser("check", help="validate a config; print the ClearML mapping and boot script")
     check.add_argument("--config", required=True, help="autoscaler YAML")
-    check.add_argument("--aws", action="store_true", help="also check AMIs, subnets, groups, types on EC2")
+    check.add_argument(
+        "--aws",
+        action="store_true",
+        help="also check AMIs, subnets, groups, zones, types, key pairs, instance profile, vCPU quotas",
+    )
     check.set_defaults(func=_check)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
+
     from autoscaler.config import load_config
+    from autoscaler.lock import ScalerLockError
+    from autoscaler.scaler import AutoscalerStopped
     from autoscaler.service import run_autoscaler
 
-    run_autoscaler(load_config(args.config), cycles=args.cycles)
+    try:
+        run_autoscaler(load_config(args.config), cycles=args.cycles)
+    except (AutoscalerStopped, ScalerLockError) as exc:
+        print(f"fleetfl autoscaler: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -84,20 +96,21 @@ def _enqueue(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from autoscaler.boot import boot_script
     from autoscaler.config import load_config
-    from autoscaler.scaler import resource_configuration
+    from autoscaler.scaler import resource_configuration, worker_boot_script
 
     config = load_config(args.config)
     if args.aws:
-        from autoscaler.preflight import check_aws
-        from autoscaler.service import ec2_client
+        import sys
 
-        check_aws(config, ec2_client(config))
+        from autoscaler.service import check_aws_account
+
+        for warning in check_aws_account(config):
+            print(f"warning: {warning}", file=sys.stderr)
     summary = {
         "queues": {q.name: [[r.name, r.max_instances] for r in q.resources] for q in config.queues},
         "resource_configurations": {r.name: resource_configuration(config, r) for r in config.resources},
-        "boot_script": boot_script(config.boot).splitlines(),
+        "boot_script": worker_boot_script(config).splitlines(),
     }
     print(json.dumps(summary, indent=2))
     return 0

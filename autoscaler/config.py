@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from autoscaler.fleet_config import (
+    INSTANCE_TYPE_PATTERN,
+    NAME_PATTERN,
+    AlarmConfig,
+    CloudWatchConfig,
+    Limits,
+    read_cloudwatch,
+    read_limits,
+)
+from autoscaler.yaml_reader import AutoscalerConfigError, YamlReader, compose
+
+__all__ = ["AlarmConfig", "AutoscalerConfigError", "CloudWatchConfig", "Limits"]
 
 #: Where relative ``boot.requirements`` paths are looked up after the config file's own folder.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +40,9 @@ DEFAULT_AGENT_VERSION = "3.0.3"
 BOOT_MODES = ("agent", "image")
 EBS_VOLUME_TYPES = ("gp2", "gp3", "io1", "io2", "st1", "sc1", "standard")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # no ':' (ClearML worker ids are ':'-separated)
+_NAME = NAME_PATTERN
 _QUEUE = re.compile(r"^[^\s:][^:]*(?<!\s)$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")  # g4dn.xlarge, u-6tb1.metal, ...
+_INSTANCE_TYPE = INSTANCE_TYPE_PATTERN
 _AMI = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _SUBNET = re.compile(r"^subnet-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _SECURITY_GROUP = re.compile(r"^sg-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
@@ -41,11 +52,6 @@ _DEVICE = re.compile(r"^/dev/[a-z0-9]+$")
 _VERSION = re.compile(r"^\d+(?:\.\d+){0,3}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 _INSTANCE_PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$")
-_CREDENTIAL_WORDS = ("secret", "access_key", "session_token", "password", "credentials")
-
-
-class AutoscalerConfigError(ValueError):
-    """A bad autoscaler config; the message names the file, the line and the key."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,13 @@ class AutoscalerConfig:
     spin_up_timeout_s: float = 900.0
     workers_prefix: str = "fleetfl"
     create_missing_queues: bool = False
+    secrets_in_ssm: bool = True
     instance_profile_name: str | None = None
     instance_profile_arn: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     boot: BootConfig = field(default_factory=BootConfig)
+    limits: Limits = field(default_factory=Limits)
+    cloudwatch: CloudWatchConfig | None = None
     service_project: str = "DevOps"
     service_name: str = "FleetFL autoscaler"
 
@@ -130,6 +139,7 @@ class AutoscalerConfig:
             "spin_up_timeout_s": self.spin_up_timeout_s,
             "workers_prefix": self.workers_prefix,
             "create_missing_queues": self.create_missing_queues,
+            "secrets_in_ssm": self.secrets_in_ssm,
             "instance_profile_name": self.instance_profile_name,
             "instance_profile_arn": self.instance_profile_arn,
             "service_project": self.service_project,
@@ -143,6 +153,20 @@ class AutoscalerConfig:
                 "requirements": list(self.boot.requirements),
                 "extra_script": self.boot.extra_script,
                 "extra_clearml_conf": self.boot.extra_clearml_conf,
+            },
+            "limits": {
+                "max_instances_total": self.limits.max_instances_total,
+                "max_hourly_cost": self.limits.max_hourly_cost,
+                "hourly_prices": dict(self.limits.hourly_prices),
+                "spot_blackout_s": self.limits.spot_blackout_s,
+                "max_consecutive_launch_failures": self.limits.max_consecutive_launch_failures,
+                "lock_stale_after_s": self.limits.lock_stale_after_s,
+            },
+            "cloudwatch": None
+            if self.cloudwatch is None
+            else {
+                "sns_topic": self.cloudwatch.sns_topic,
+                "alarms": [dict(vars(alarm)) for alarm in self.cloudwatch.alarms],
             },
             "queues": {
                 queue.name: {"resources": [_resource_dict(r) for r in queue.resources]}
@@ -201,7 +225,7 @@ def load_config(path: str | Path) -> AutoscalerConfig:
 
 def config_from_yaml(text: str, source: str = "<config>", base_dir: Path | None = None) -> AutoscalerConfig:
     """Validate a YAML document (``source`` names it in errors; ``base_dir`` resolves paths)."""
-    data, lines = _compose(text, source)
+    data, lines = compose(text, source)
     return _Reader(source, lines, base_dir).config(data)
 
 
@@ -210,151 +234,21 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Autos
     return _Reader(source, {}, None).config(data)
 
 
-def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML safely, keeping the line of every key and item; refuse duplicate keys."""
-    loader = yaml.SafeLoader(text)
-    lines: dict[tuple, int] = {}
-    try:
-        node = loader.get_single_node()
-
-        def build(node: yaml.Node, path: tuple) -> Any:
-            lines.setdefault(path, node.start_mark.line + 1)
-            if isinstance(node, yaml.MappingNode):
-                loader.flatten_mapping(node)
-                out: dict[Any, Any] = {}
-                for key_node, value_node in node.value:
-                    key = loader.construct_object(key_node, deep=True)
-                    if not isinstance(key, str):
-                        raise AutoscalerConfigError(
-                            f"{source}:{key_node.start_mark.line + 1}: {_dotted(path) or '<top>'}: "
-                            f"key {key!r} is not a string"
-                        )
-                    if key in out:
-                        raise AutoscalerConfigError(
-                            f"{source}:{key_node.start_mark.line + 1}: {_dotted((*path, key))}: duplicate key"
-                        )
-                    lines[(*path, key)] = key_node.start_mark.line + 1
-                    out[key] = build(value_node, (*path, key))
-                return out
-            if isinstance(node, yaml.SequenceNode):
-                return [build(item, (*path, i)) for i, item in enumerate(node.value)]
-            return loader.construct_object(node, deep=True)
-
-        data = build(node, ()) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise AutoscalerConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    finally:
-        loader.dispose()
-    return data, lines
+def resource_keys(config: AutoscalerConfig) -> list[tuple[str, Resource]]:
+    """(key such as ``queues.train.resources[0]``, resource) for every resource, in config order."""
+    return [
+        (f"queues.{queue.name}.resources[{index}]", resource)
+        for queue in config.queues
+        for index, resource in enumerate(queue.resources)
+    ]
 
 
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-_MISSING = object()
-
-
-class _Reader:
+class _Reader(YamlReader):
     """Turns a parsed document into the typed config; every error names file, line and key."""
 
     def __init__(self, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:
-        self.source = source
-        self.lines = lines
+        super().__init__(source, lines)
         self.base_dir = base_dir
-
-    # -- errors
-    def error(self, path: tuple, message: str) -> AutoscalerConfigError:
-        line = None
-        for depth in range(len(path), -1, -1):  # the key's own line, else its nearest parent's
-            line = self.lines.get(path[:depth])
-            if line is not None:
-                break
-        where = f"{self.source}:{line}" if line is not None else self.source
-        return AutoscalerConfigError(f"{where}: {_dotted(path) or '<top>'}: {message}")
-
-    def mapping(self, value: Any, path: tuple, known: tuple[str, ...]) -> Mapping[str, Any]:
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
-        for key in value:
-            if key in known:
-                continue
-            if any(word in str(key).lower() for word in _CREDENTIAL_WORDS):
-                raise self.error(
-                    (*path, key),
-                    "credentials do not belong in the config: boto3 reads them from the "
-                    "environment, ~/.aws or the instance profile",
-                )
-            raise self.error((*path, key), f"unknown key (known: {', '.join(known)})")
-        return value
-
-    # -- typed getters
-    def get(self, data: Mapping, path: tuple, key: str, default: Any = _MISSING) -> Any:
-        value = data.get(key, None)
-        if value is None:
-            if default is _MISSING:
-                raise self.error((*path, key), "missing")
-            return default
-        return value
-
-    def string(
-        self,
-        data: Mapping,
-        path: tuple,
-        key: str,
-        pattern: re.Pattern | None = None,
-        hint: str = "",
-        default: Any = _MISSING,
-    ) -> Any:
-        value = self.get(data, path, key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise self.error((*path, key), f"expected a non-empty string, got {value!r}")
-        if pattern is not None and not pattern.match(value):
-            raise self.error((*path, key), f"malformed value {value!r}" + (f" ({hint})" if hint else ""))
-        return value
-
-    def boolean(self, data: Mapping, path: tuple, key: str, default: bool) -> bool:
-        value = self.get(data, path, key, default)
-        if not isinstance(value, bool):
-            raise self.error((*path, key), f"expected true or false, got {value!r}")
-        return value
-
-    def integer(
-        self,
-        data: Mapping,
-        path: tuple,
-        key: str,
-        default: Any = _MISSING,
-        minimum: int = 0,
-        maximum: int | None = None,
-    ) -> Any:
-        value = self.get(data, path, key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error((*path, key), f"expected a whole number, got {value!r}")
-        if value < minimum:
-            raise self.error((*path, key), f"must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise self.error((*path, key), f"must be <= {maximum}, got {value}")
-        return value
-
-    def seconds(self, data: Mapping, path: tuple, key: str, default: float) -> float:
-        value = self.get(data, path, key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error((*path, key), f"expected a number of seconds, got {value!r}")
-        if not value > 0:
-            raise self.error((*path, key), f"must be > 0 seconds, got {value}")
-        return float(value)
 
     def tags(self, data: Mapping, path: tuple, key: str) -> tuple[tuple[str, str], ...]:
         value = self.mapping(data.get(key), (*path, key), tuple(str(k) for k in (data.get(key) or {})))
@@ -384,12 +278,15 @@ class _Reader:
                 "spin_up_timeout_s",
                 "workers_prefix",
                 "create_missing_queues",
+                "secrets_in_ssm",
                 "instance_profile_name",
                 "instance_profile_arn",
                 "service_project",
                 "service_name",
                 "tags",
                 "boot",
+                "limits",
+                "cloudwatch",
                 "queues",
             ),
         )
@@ -416,10 +313,13 @@ class _Reader:
                 top, (), "workers_prefix", _NAME, "letters, digits, _ . -", default="fleetfl"
             ),
             create_missing_queues=self.boolean(top, (), "create_missing_queues", False),
+            secrets_in_ssm=self.boolean(top, (), "secrets_in_ssm", True),
             instance_profile_name=profile_name,
             instance_profile_arn=profile_arn,
             tags=self.tags(top, (), "tags"),
             boot=self.boot(top.get("boot")),
+            limits=read_limits(self, top.get("limits")),
+            cloudwatch=read_cloudwatch(self, top.get("cloudwatch"), {queue.name for queue in queues}),
             service_project=self.string(top, (), "service_project", default="DevOps"),
             service_name=self.string(top, (), "service_name", default="FleetFL autoscaler"),
         )
@@ -427,6 +327,19 @@ class _Reader:
             raise self.error(("polling_interval_s",), "at most 3600 seconds (ClearML polls in minutes)")
         if config.spin_up_timeout_s < config.polling_interval_s:
             raise self.error(("spin_up_timeout_s",), "must be at least polling_interval_s")
+        if config.limits.lock_stale_after_s < 2 * config.polling_interval_s:
+            raise self.error(
+                ("limits", "lock_stale_after_s"),
+                "must be at least twice polling_interval_s (renewed every poll)",
+            )
+        if config.limits.max_hourly_cost is not None:
+            for where, resource in resource_keys(config):
+                if config.limits.price(resource.instance_type) is None:
+                    raise self.error(
+                        ("limits", "hourly_prices"),
+                        f"no price for {resource.instance_type} ({where}); max_hourly_cost needs the "
+                        "USD per hour of every instance type",
+                    )
         return config
 
     def queues(self, value: Any) -> tuple[QueueConfig, ...]:
@@ -509,16 +422,10 @@ class _Reader:
             ebs_device_name=self.string(
                 item, path, "ebs_device_name", _DEVICE, "such as /dev/sda1", default="/dev/sda1"
             ),
-            ebs_volume_type=self._choice(item, path, "ebs_volume_type", EBS_VOLUME_TYPES, "gp3"),
+            ebs_volume_type=self.choice(item, path, "ebs_volume_type", EBS_VOLUME_TYPES, "gp3"),
             tags=self.tags(item, path, "tags"),
             cpu_only=self.boolean(item, path, "cpu_only", False),
         )
-
-    def _choice(self, data: Mapping, path: tuple, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(data, path, key, default)
-        if value not in choices:
-            raise self.error((*path, key), f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
 
     def boot(self, value: Any) -> BootConfig:
         path = ("boot",)
@@ -535,7 +442,7 @@ class _Reader:
                 "extra_clearml_conf",
             ),
         )
-        mode = self._choice(boot, path, "mode", BOOT_MODES, "agent")
+        mode = self.choice(boot, path, "mode", BOOT_MODES, "agent")
         image = self.string(boot, path, "image", _IMAGE, "a docker image reference", default=None)
         if mode == "image" and not image:
             raise self.error((*path, "image"), "missing: boot.mode image needs the worker image to run")

@@ -49,16 +49,31 @@ def ec2_client(config: AutoscalerConfig) -> Any:
     return boto3.client("ec2", region_name=config.region)
 
 
-def preflight(config: AutoscalerConfig) -> None:
-    """Check the ClearML queues and the EC2 resources the config names before the first poll."""
+def check_aws_account(config: AutoscalerConfig) -> list[str]:
+    """Everything a launch needs, in the account: AMIs, subnets, groups, zones, types, key pairs,
+    instance profile, vCPU quotas (:mod:`autoscaler.preflight`); returns the warnings."""
+    import boto3
+
+    from autoscaler.preflight import check_account, check_aws
+
+    ec2 = ec2_client(config)
+    check_aws(config, ec2)
+    iam = boto3.client("iam", region_name=config.region)
+    quotas = boto3.client("service-quotas", region_name=config.region)
+    return check_account(config, ec2, iam, quotas)
+
+
+def preflight(config: AutoscalerConfig) -> list[str]:
+    """Check the ClearML queues and what a launch needs in AWS before the first poll; returns
+    the warnings (also logged)."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from autoscaler.preflight import check_aws, check_queues, clearml_queue_names
+    from autoscaler.preflight import check_queues, clearml_queue_names
 
     if not config.create_missing_queues:
         check_queues(config, clearml_queue_names())
     try:
-        check_aws(config, ec2_client(config))
+        warnings = check_aws_account(config)
     except NoCredentialsError:
         raise AWSAccessError(
             "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
@@ -71,6 +86,9 @@ def preflight(config: AutoscalerConfig) -> None:
         ) from None
     except BotoCoreError as exc:
         raise AWSAccessError(f"EC2 unreachable in {config.region}: {exc}") from None
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 def run_autoscaler(config: AutoscalerConfig, cycles: int | None = None, check: bool = True) -> Any:
@@ -89,9 +107,10 @@ def run_autoscaler(config: AutoscalerConfig, cycles: int | None = None, check: b
         config.spin_up_timeout_s,
     )
     try:
-        scaler.start()
+        scaler.start()  # AutoscalerStopped / ScalerLockError: stopped on an error (exit non-zero)
     except KeyboardInterrupt:
         scaler.stop()
+        scaler.lock.release()
     return scaler
 
 
@@ -220,6 +239,9 @@ def main() -> int:
     except ValueError as exc:  # config and AWS access problems: one clear line in the task's log
         log.error("%s", exc)
         return 2
+    except RuntimeError as exc:  # AutoscalerStopped, ScalerLockError: the scaler stopped on an error
+        log.error("%s", exc)
+        return 1
     return 0
 
 

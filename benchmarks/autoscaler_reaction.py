@@ -1,11 +1,11 @@
 """Autoscaler reaction time: seconds from a task enqueued to its EC2 instance requested.
 
 Runs the real pieces locally: the embedded ClearML server (``fleetfl server start``), moto's EC2
-server on 127.0.0.1 (through ``AWS_ENDPOINT_URL_EC2``, dummy credentials) and FleetFL's autoscaler
-(ClearML's AutoScaler) polling at ``--polling-interval``. Each trial waits a random fraction of the
-interval (tasks arrive at any moment of the poll cycle), enqueues one task, and measures until the
-new instance is visible in EC2. Expected: about half the interval on average, at most the interval
-plus the API calls. Prints JSON. Target: at most 60 s.
+(and SSM, IAM, Service Quotas) server on 127.0.0.1 (through ``AWS_ENDPOINT_URL``, dummy
+credentials) and FleetFL's autoscaler (ClearML's AutoScaler) polling at ``--polling-interval``.
+Each trial waits a random fraction of the interval (tasks arrive at any moment of the poll
+cycle), enqueues one task, and measures until the new instance is visible in EC2. Expected: about
+half the interval on average, at most the interval plus the API calls. Prints JSON. Target: at most 60 s.
 
     .venv/bin/python benchmarks/autoscaler_reaction.py --polling-interval 30 --trials 6
 """
@@ -84,6 +84,7 @@ def _measure(args: argparse.Namespace, rng: random.Random, work: Path, data: Pat
     moto.start()
     os.environ.update(
         AWS_ENDPOINT_URL_EC2=f"http://127.0.0.1:{port}",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",  # SSM, IAM, Service Quotas: moto too
         AWS_ACCESS_KEY_ID="benchmark",
         AWS_SECRET_ACCESS_KEY="benchmark",
         AWS_EC2_METADATA_DISABLED="true",

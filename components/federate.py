@@ -355,6 +355,17 @@ class _Federation:
     reported: set[int] = field(default_factory=set)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     rolled_back: list[dict[str, Any]] = field(default_factory=list)
+    cloudwatch_metrics: Any = None  # autoscaler.cloudwatch.RunMetrics, made at the first round
+
+
+def publish_round_to_cloudwatch(fed: _Federation, row: Mapping[str, Any]) -> None:
+    """The round's per-run CloudWatch metrics (``autoscaler/cloudwatch.py``); a no-op unless
+    ``FLEETFL_CLOUDWATCH_REGION`` is set; a failed publish is logged, never raised."""
+    from autoscaler.cloudwatch import RunMetrics
+
+    if fed.cloudwatch_metrics is None:
+        fed.cloudwatch_metrics = RunMetrics(fed.task.id)
+    fed.cloudwatch_metrics.publish_round(row)
 
 
 def serve_federation(
@@ -592,6 +603,7 @@ def _report_new_rounds(fed: _Federation) -> None:
             continue
         fed.reported.add(number)
         report_round(fed.task, row)
+        publish_round_to_cloudwatch(fed, row)
         summary = {
             key: row.get(key)
             for key in (

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from autoscaler.config import AutoscalerConfig, AutoscalerConfigError, config_from_dict
-from autoscaler.scaler import OWNER_TAG, worker_prefix
+from autoscaler.fleet import OWNER_TAG, RESOURCE_TAG
+from autoscaler.scaler import worker_prefix
 from autoscaler.service import run_autoscaler
 
 pytestmark = pytest.mark.timeout(300)
@@ -127,8 +128,14 @@ def test_waiting_tasks_start_min_of_waiting_and_maximum_instances(
         assert instance["ImageId"] == aws_ec2.ami and instance["SubnetId"] == aws_ec2.subnet
         assert [g["GroupId"] for g in instance["SecurityGroups"]] == [aws_ec2.security_group]
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
         tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
-        assert tags == {"project": "fleetfl", "team": "perception", OWNER_TAG: config.workers_prefix}
+        assert tags == {
+            "project": "fleetfl",
+            "team": "perception",
+            OWNER_TAG: config.workers_prefix,
+            RESOURCE_TAG: "cpu-worker",
+        }
         user_data = aws_ec2.user_data(instance["InstanceId"])
         assert f"export CLEARML_WORKER_ID={worker_prefix(config, resource)}:$DYNAMIC_INSTANCE_ID" in user_data
         assert f"daemon --queue '{queue_name}'" in user_data
@@ -284,6 +291,7 @@ def test_service_task_keeps_aws_credentials_out_of_clearml(
             "AWS_PROFILE": "fleetfl",
             "AWS_CONFIG_FILE": str(credentials.with_name("none")),
             "AWS_ENDPOINT_URL_EC2": aws_ec2.endpoint,
+            "AWS_ENDPOINT_URL": aws_ec2.endpoint,
             "AWS_EC2_METADATA_DISABLED": "true",
         },
     )

@@ -13,7 +13,8 @@ from clearml.automation.cloud_driver import parse_tags
 
 from autoscaler.boot import WORKER_VENV, boot_script
 from autoscaler.config import BootConfig, config_from_yaml
-from autoscaler.scaler import OWNER_TAG, build_driver, instance_tags, resource_configuration, worker_prefix
+from autoscaler.fleet import OWNER_TAG, RESOURCE_TAG
+from autoscaler.scaler import build_driver, instance_tags, resource_configuration, worker_prefix
 
 CONFIG = """\
 region: eu-west-1
@@ -85,6 +86,7 @@ def test_resources_map_onto_clearml_driver_fields() -> None:
         "project": "fleetfl",
         "cost-center": "research",
         OWNER_TAG: "fleetfl",
+        RESOURCE_TAG: "gpu-spot",
     }
     assert "ebs_device_name" not in spot  # the AMI's own root volume
     assert on_demand["availability_zone"] == "eu-west-1a" and "subnet_id" not in on_demand

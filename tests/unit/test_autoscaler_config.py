@@ -192,3 +192,77 @@ def test_cli_check_prints_the_clearml_mapping(repo_root: Path, capsys: pytest.Ca
     }
     assert summary["resource_configurations"]["cpu"]["availability_zone"] == "eu-west-1a"
     assert "# --- FleetFL boot script (autoscaler/boot.py)" in summary["boot_script"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        (
+            "limits: {max_hourly_cost: 2.5}\n",
+            "fleet.yaml:9: limits.hourly_prices: no price for g4dn.xlarge (queues.train.resources[0])",
+        ),
+        (
+            "limits: {max_hourly_cost: -1}\n",
+            "fleet.yaml:9: limits.max_hourly_cost: expected USD per hour > 0",
+        ),
+        ("limits: {hourly_prices: {g4dn: 0.5}}\n", "limits.hourly_prices.g4dn: keys are instance types"),
+        ("limits: {max_instances_total: -1}\n", "limits.max_instances_total: must be >= 0"),
+        (
+            "limits: {max_consecutive_launch_failures: 0}\n",
+            "limits.max_consecutive_launch_failures: must be >= 1",
+        ),
+        (
+            "limits: {lock_stale_after_s: 3}\n",
+            "limits.lock_stale_after_s: must be at least twice polling_interval_s",
+        ),
+        ("limits: {spot_blackout: 60}\n", "limits.spot_blackout: unknown key"),
+    ],
+)
+def test_bad_limits_name_the_key(limits: str, expected: str) -> None:
+    assert expected in _error(BASE.replace("queues:\n", f"{limits}queues:\n", 1))
+
+
+def test_limits_round_trip() -> None:
+    text = BASE.replace(
+        "queues:\n",
+        "limits:\n  max_instances_total: 3\n  max_hourly_cost: 1.5\n  hourly_prices: {g4dn.xlarge: 0.526}\n"
+        "  spot_blackout_s: 60\nqueues:\n",
+        1,
+    )
+    config = config_from_yaml(text, source="fleet.yaml")
+    assert config.limits.max_instances_total == 3 and config.limits.price("g4dn.xlarge") == 0.526
+    assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("cloudwatch: {alarms: []}\n", "cloudwatch.sns_topic: missing"),
+        (
+            "cloudwatch: {sns_topic: t, alarms: [{name: a, metric: MAP, threshold: 1}]}\n",
+            "cloudwatch.alarms[0].metric: unknown metric 'MAP'",
+        ),
+        (
+            "cloudwatch: {sns_topic: t, alarms: [{name: a, metric: HourlyCost, threshold: 1, queue: x}]}\n",
+            "cloudwatch.alarms[0].queue: 'x': a configured queue",
+        ),
+        (
+            "cloudwatch: {sns_topic: t, alarms: [{name: a, metric: LiveInstances, threshold: 1, "
+            "comparison: '!='}]}\n",
+            "cloudwatch.alarms[0].comparison: expected one of >, >=, <, <=",
+        ),
+    ],
+)
+def test_bad_cloudwatch_sections_name_the_key(section: str, expected: str) -> None:
+    assert expected in _error(BASE.replace("queues:\n", f"{section}queues:\n", 1))
+
+
+def test_cloudwatch_section_round_trips() -> None:
+    section = (
+        "cloudwatch:\n  sns_topic: fleet-alarms\n  alarms:\n"
+        "    - {name: cost, metric: HourlyCost, queue: train, comparison: '>', threshold: 4}\n"
+    )
+    config = config_from_yaml(BASE.replace("queues:\n", f"{section}queues:\n", 1), source="fleet.yaml")
+    (alarm,) = config.cloudwatch.alarms
+    assert (alarm.metric, alarm.queue, alarm.comparison, alarm.threshold) == ("HourlyCost", "train", ">", 4.0)
+    assert config_from_dict(config.to_dict()) == config

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from autoscaler.config import AutoscalerConfig, AutoscalerConfigError, config_from_dict
-from autoscaler.preflight import check_aws
+from autoscaler.preflight import check_account, check_aws, vcpu_quota_group
 from autoscaler.service import AWSAccessError, preflight
 
 
@@ -67,3 +68,68 @@ def test_no_credentials_is_one_clear_error(aws_ec2: Any, monkeypatch: pytest.Mon
     boto3.setup_default_session()  # forget the credentials found before
     with pytest.raises(AWSAccessError, match="no AWS credentials found"):
         preflight(_config(aws_ec2))
+
+
+def _quota_answer(values: dict[str, float]) -> Any:
+    """A botocore ``before-call`` handler answering GetServiceQuota for EC2's vCPU quotas, which
+    moto's Service Quotas does not have (it knows VPC quotas only)."""
+    from types import SimpleNamespace
+
+    def answer(params: dict, **_: Any) -> Any:
+        code = json.loads(params["body"])["QuotaCode"]
+        if code not in values:
+            return None  # to moto: NoSuchResourceException
+        quota = {"ServiceCode": "ec2", "QuotaCode": code, "Value": values[code]}
+        return SimpleNamespace(status_code=200), {"Quota": quota}
+
+    return answer
+
+
+def test_key_pair_instance_profile_and_vcpu_quotas(aws_ec2: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import boto3
+
+    iam = boto3.client("iam", region_name=aws_ec2.region)
+    quotas = boto3.client("service-quotas", region_name=aws_ec2.region)
+    gpu = _config(aws_ec2, key_name="fleet-ops", max_instances=4)
+    with pytest.raises(
+        AutoscalerConfigError, match=r"resources\[0\]\.key_name: key pair 'fleet-ops' not found"
+    ):
+        check_account(gpu, aws_ec2.client, iam, quotas)
+    aws_ec2.client.create_key_pair(KeyName="fleet-ops")
+    # moto has no EC2 quotas: said, not silently passed
+    assert check_account(gpu, aws_ec2.client, iam, quotas) == [
+        "vCPU quota On-Demand G and VT instances (L-DB2E81BA) not checked: NoSuchResourceException"
+    ]
+    profile = config_from_dict({**gpu.to_dict(), "instance_profile_name": "fleetfl-worker"})
+    with pytest.raises(
+        AutoscalerConfigError, match="instance_profile_name: instance profile 'fleetfl-worker' not"
+    ):
+        check_account(profile, aws_ec2.client, iam, quotas)
+    iam.create_instance_profile(InstanceProfileName="fleetfl-worker")
+
+    events = boto3._get_default_session().events
+    for value, expected in ((0.0, "needs 4 vCPUs"), (8.0, "below the 16 vCPUs")):
+        answer = _quota_answer({"L-DB2E81BA": value})
+        events.register("before-call.service-quotas.GetServiceQuota", answer)
+        quotas = boto3.client("service-quotas", region_name=aws_ec2.region)  # clients copy the handlers
+        try:
+            if value == 0.0:  # a new account: no G instance can start
+                with pytest.raises(
+                    AutoscalerConfigError, match=r"g4dn.xlarge needs 4 vCPUs but .* is 0 in eu-west-1"
+                ):
+                    check_account(profile, aws_ec2.client, iam, quotas)
+            else:
+                (warning,) = check_account(profile, aws_ec2.client, iam, quotas)
+                assert expected in warning
+        finally:
+            events.unregister("before-call.service-quotas.GetServiceQuota", answer)
+
+
+def test_vcpu_quota_groups() -> None:
+    assert [vcpu_quota_group(t) for t in ("g4dn.xlarge", "vt1.3xlarge", "p4d.24xlarge", "c6i.large")] == [
+        "g",
+        "g",
+        "p",
+        "standard",
+    ]
+    assert vcpu_quota_group("inf2.xlarge") is None and vcpu_quota_group("trn1.2xlarge") is None
