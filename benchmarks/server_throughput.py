@@ -231,6 +231,7 @@ def bench_histogram(server: Server, task_id: str, repeats: int) -> dict[str, Any
     ``Task.get_reported_scalars`` sends it (``key`` iter, default ``samples``) and by time."""
     bodies = {
         "iter_default_samples": {"task": task_id, "key": "iter"},
+        "iter_2000_samples": {"task": task_id, "key": "iter", "samples": 2000},
         "timestamp_500_samples": {"task": task_id, "key": "timestamp", "samples": 500},
         "iso_time_max_samples": {"task": task_id, "key": "iso_time", "samples": 6000},
     }

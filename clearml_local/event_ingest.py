@@ -390,11 +390,7 @@ class _Batch:
             if row is None:
                 stats = (len(points), min(iterations), max(iterations), min(stamps), max(stamps))
             else:
-                inside = [i for i in iterations if row[1] <= i <= row[2]]
-                if any(
-                    self._stored(tx, key, inside[i : i + _LOOKUP_CHUNK])
-                    for i in range(0, len(inside), _LOOKUP_CHUNK)
-                ):
+                if self._replaces(tx, key, [i for i in iterations if row[1] <= i <= row[2]]):
                     replaced.append(key)
                     continue
                 low_ts = min(stamps) if row[3] is None else min(row[3], *stamps)
@@ -415,13 +411,27 @@ class _Batch:
         return replaced
 
     @staticmethod
-    def _stored(tx: Transaction, key: SeriesKey, iterations: list[int]) -> bool:
-        marks = ", ".join("?" * len(iterations))
-        found = tx.conn.exec_driver_sql(
-            f"SELECT 1 FROM events WHERE {SERIES_KEY} AND type = ? AND iter IN ({marks}) LIMIT 1",
-            (*key, SCALAR, *iterations),
+    def _replaces(tx: Transaction, key: SeriesKey, iterations: list[int]) -> bool:
+        """Whether any of ``iterations`` is stored in series ``key`` (one range count first: batches
+        that arrive out of order usually fill a gap)."""
+        if not iterations:
+            return False
+        around = tx.conn.exec_driver_sql(
+            f"SELECT 1 FROM events WHERE {SERIES_KEY} AND type = ? AND iter BETWEEN ? AND ? LIMIT 1",
+            (*key, SCALAR, min(iterations), max(iterations)),
         ).first()
-        return found is not None
+        if around is None:
+            return False
+        for start in range(0, len(iterations), _LOOKUP_CHUNK):
+            chunk = iterations[start : start + _LOOKUP_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found = tx.conn.exec_driver_sql(
+                f"SELECT 1 FROM events WHERE {SERIES_KEY} AND type = ? AND iter IN ({marks}) LIMIT 1",
+                (*key, SCALAR, *chunk),
+            ).first()
+            if found is not None:
+                return True
+        return False
 
     def write(self) -> IngestResult:
         """Store everything in one transaction (returns after COMMIT)."""
@@ -459,19 +469,32 @@ class _Batch:
 
 
 def _block_sums(key: SeriesKey, points: dict[int, tuple[int, float | None]]) -> list[tuple[Any, ...]]:
-    """``event_blocks`` rows of new points: per block size and block, points, values and their sum."""
-    rows = []
-    for size in BLOCK_SIZES:
-        sums: dict[int, list[Any]] = {}
-        for iteration, (_, value) in points.items():
-            block = sums.get(iteration // size)
+    """``event_blocks`` rows of new points: per block size and block, points, values and their sum.
+
+    The smallest blocks are summed from the points, each larger size from the size below it.
+    """
+    smallest = BLOCK_SIZES[0]
+    sums: dict[int, list[Any]] = {}
+    for iteration, (_, value) in points.items():
+        block = sums.get(iteration // smallest)
+        if block is None:
+            block = sums[iteration // smallest] = [0, 0, 0.0]
+        block[0] += 1
+        if value is not None:
+            block[1] += 1
+            block[2] += value
+    rows = [(*key, smallest, index, *block) for index, block in sums.items()]
+    below = smallest
+    for size in BLOCK_SIZES[1:]:
+        larger: dict[int, list[Any]] = {}
+        for index, (count, valued, total) in sums.items():
+            block = larger.get(index * below // size)
             if block is None:
-                block = sums[iteration // size] = [0, 0, 0.0]
-            block[0] += 1
-            if value is not None:
-                block[1] += 1
-                block[2] += value
-        rows.extend((*key, size, index, *block) for index, block in sums.items())
+                larger[index * below // size] = [count, valued, total]
+            else:
+                block[0], block[1], block[2] = block[0] + count, block[1] + valued, block[2] + total
+        rows.extend((*key, size, index, *block) for index, block in larger.items())
+        sums, below = larger, size
     return rows
 
 

@@ -97,8 +97,13 @@ def _insert_raw(path: Path, rows: list[tuple[Any, ...]], logs: list[tuple[Any, .
     """Write rows straight into SQLite, as a data dir from before the checks may hold them."""
     db = sqlite3.connect(path)
     with db:
-        db.executemany("INSERT INTO events VALUES (?, 0, 'training_stats_scalar', 'loss', 'train', ?, ?, ?, NULL)", rows)
-        db.executemany("INSERT INTO event_logs (task, model_event, timestamp, level, msg) VALUES (?, 0, ?, 'info', ?)", logs)
+        db.executemany(
+            "INSERT INTO events VALUES (?, 0, 'training_stats_scalar', 'loss', 'train', ?, ?, ?, NULL)", rows
+        )
+        db.executemany(
+            "INSERT INTO event_logs (task, model_event, timestamp, level, msg) VALUES (?, 0, ?, 'info', ?)",
+            logs,
+        )
         db.execute("DROP TABLE event_series")  # made by this version: the restart fills it again
     db.close()
 
@@ -226,16 +231,37 @@ def test_mistyped_and_oversized_fields_answer_400(store: Store, name: str, body:
     refused(store, name, body)
 
 
-def test_series_counts_stay_exact_through_replacing_and_deleting(store: Store) -> None:
-    call(store, "events.add_batch", raw=lines([scalar(i, 1.0) for i in (5, 6, 7)]))
-    call(store, "events.add_batch", raw=lines([scalar(i, 2.0, ts=T0 - 10 * i) for i in (1, 6, 9)]))  # 6 again
-
-    def counted() -> tuple[Any, ...]:
-        with store.reading() as conn:
-            return tuple(conn.exec_driver_sql("SELECT points, min_iter, max_iter, min_timestamp, max_timestamp"
-                                              " FROM event_series WHERE task = 't1'").one())  # fmt: skip
-
-    assert counted() == (5, 1, 9, T0 - 90, T0 + 7)
-    call(store, "events.delete_for_task", {"task": "t1"})
+def _summaries(store: Store) -> tuple[list[Any], list[Any]]:
     with store.reading() as conn:
-        assert conn.exec_driver_sql("SELECT COUNT(*) FROM event_series").scalar_one() == 0
+        return tuple(
+            sorted(tuple(row) for row in conn.exec_driver_sql(f"SELECT * FROM {table}"))
+            for table in ("event_series", "event_blocks")
+        )
+
+
+def test_series_counts_and_block_sums_stay_exact(store: Store, tmp_path: Path) -> None:
+    call(store, "events.add_batch", raw=lines([scalar(i, 1.0) for i in (5, 6, 7, -70)]))
+    call(store, "events.add_batch", raw=lines([scalar(i, 2.0, ts=T0 - 10 * i) for i in (1, 6, 9)]))  # 6 again
+    call(store, "events.add_batch", raw=lines([scalar(i, 0.5, variant="b") for i in range(-3, 200, 3)]))
+    series, blocks = _summaries(store)
+    assert series[1][4:] == (6, -70, 9, T0 - 90, T0 + 7)  # ("t1", 0, "loss", "train", ...)
+    assert ("t1", 0, "loss", "b", 64, -1, 1, 1, 0.5) in blocks  # iteration -3 alone in [-64, 0)
+    # the same sums as a data dir from before these tables gets at its first start
+    store.close()
+    db = sqlite3.connect(tmp_path / "server.db")
+    db.execute("DROP TABLE event_series")
+    db.commit()
+    db.close()
+    reopened = Store(tmp_path / "server.db")
+    events.init_store(reopened)
+    try:
+        assert _summaries(reopened) == (series, blocks)
+    finally:
+        reopened.close()
+    store = Store(tmp_path / "server.db")
+    events.init_store(store)
+    with store.transaction() as tx:
+        tx.put("tasks", {"id": "t1", "name": "task", "status": "in_progress"})
+    call(store, "events.delete_for_task", {"task": "t1"})
+    assert _summaries(store) == ([], [])
+    store.close()
