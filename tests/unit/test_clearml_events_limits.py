@@ -195,37 +195,40 @@ def test_histogram_defaults_and_bounds_follow_clearml_server(store: Store) -> No
     assert list(call(store, "events.scalar_metrics_iter_histogram", filtered)["loss"]) == ["short"]
 
 
-def _scroll(state: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+def _scroll(kind: str, task: str = "t1", **state: Any) -> str:
+    """A scroll id as a client could craft it: the right kind and task, made-up contents."""
+    return base64.urlsafe_b64encode(json.dumps({"k": kind, "t": task, **state}).encode()).decode()
 
 
-@pytest.mark.parametrize(
-    ("name", "body"),
-    [
-        ("events.scalar_metrics_iter_histogram", {"task": "t1", "metrics": "loss"}),
-        ("events.scalar_metrics_iter_histogram", {"task": "t1", "metrics": [{"metric": 5}]}),
-        ("events.scalar_metrics_iter_histogram", {"task": "t1", "metrics": [{"metric": "l", "variants": "v"}]}),
-        ("events.scalar_metrics_iter_histogram", {"task": "t1", "key": ["iter"]}),
-        ("events.multi_task_scalar_metrics_iter_histogram", {"tasks": ["t1"], "metrics": [{"variants": [1]}]}),
-        ("events.get_task_events", {"task": "t1", "scroll_id": 5}),
-        ("events.get_task_events", {"task": "t1", "scroll_id": "%%%"}),
-        ("events.get_task_events", {"task": "t1", "scroll_id": _scroll({"k": "task_events", "t": "t1", "phase": "x"})}),
-        ("events.get_task_events", {"task": "t1", "scroll_id": _scroll({"k": "task_events", "t": "t1", "phase": 9})}),
-        ("events.get_task_events", {"task": "t1", "event_type": "log",
-                                    "scroll_id": _scroll({"k": "task_events", "t": "t1", "after": [2**64]})}),
-        ("events.get_task_events", {"task": "t1", "scroll_id": _scroll({"k": "task_events", "t": "t1", "after": [{}]})}),
-        ("events.get_scalar_metric_data", {"task": "t1", "metric": "loss",
-                                           "scroll_id": _scroll({"k": "metric_data", "t": "t1", "after": ["v", [1]]})}),
-        ("events.get_task_plots", {"task": "t1", "scroll_id": _scroll({"k": "plots", "t": "t1", "offset": "0"})}),
-        ("events.get_task_log", {"task": "t1", "from_timestamp": 2**64}),
-        ("events.get_task_log", {"task": "t1", "batch_size": 2**70}),
-        ("events.clear_task_log", {"task": "t1", "threshold_sec": 2**63}),
-        ("events.debug_images", {"metrics": [{"task": "t1", "metric": 3}]}),
-        ("events.debug_images", {"metrics": [{"task": "t1", "variants": 3}]}),
-        ("events.debug_images", {"metrics": [{"task": "t1"}], "scroll_id": _scroll({"k": "debug_images", "t": "*", "bounds": {"x": 2**64}})}),
-        ("events.get_task_plots", {"task": "t1", "iters": 2**64}),
-    ],
-)  # fmt: skip
+HISTOGRAM = "events.scalar_metrics_iter_histogram"
+LOG_AFTER_BEYOND_64_BITS = _scroll("task_events", after=[2**64])
+METRIC_AFTER_A_LIST = _scroll("metric_data", after=["v", [1]])
+IMAGE_BOUND_BEYOND_64_BITS = _scroll("debug_images", "*", bounds={"x": 2**64})
+BAD_REQUESTS: list[tuple[str, dict[str, Any]]] = [
+    (HISTOGRAM, {"task": "t1", "metrics": "loss"}),
+    (HISTOGRAM, {"task": "t1", "metrics": [{"metric": 5}]}),
+    (HISTOGRAM, {"task": "t1", "metrics": [{"metric": "l", "variants": "v"}]}),
+    (HISTOGRAM, {"task": "t1", "key": ["iter"]}),
+    ("events.multi_task_scalar_metrics_iter_histogram", {"tasks": ["t1"], "metrics": [{"variants": [1]}]}),
+    ("events.get_task_events", {"task": "t1", "scroll_id": 5}),
+    ("events.get_task_events", {"task": "t1", "scroll_id": "%%%"}),
+    ("events.get_task_events", {"task": "t1", "scroll_id": _scroll("task_events", phase="x")}),
+    ("events.get_task_events", {"task": "t1", "scroll_id": _scroll("task_events", phase=9)}),
+    ("events.get_task_events", {"task": "t1", "event_type": "log", "scroll_id": LOG_AFTER_BEYOND_64_BITS}),
+    ("events.get_task_events", {"task": "t1", "scroll_id": _scroll("task_events", after=[{}])}),
+    ("events.get_scalar_metric_data", {"task": "t1", "metric": "m", "scroll_id": METRIC_AFTER_A_LIST}),
+    ("events.get_task_plots", {"task": "t1", "scroll_id": _scroll("plots", offset="0")}),
+    ("events.get_task_plots", {"task": "t1", "iters": 2**64}),
+    ("events.get_task_log", {"task": "t1", "from_timestamp": 2**64}),
+    ("events.get_task_log", {"task": "t1", "batch_size": 2**70}),
+    ("events.clear_task_log", {"task": "t1", "threshold_sec": 2**63}),
+    ("events.debug_images", {"metrics": [{"task": "t1", "metric": 3}]}),
+    ("events.debug_images", {"metrics": [{"task": "t1", "variants": 3}]}),
+    ("events.debug_images", {"metrics": [{"task": "t1"}], "scroll_id": IMAGE_BOUND_BEYOND_64_BITS}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "body"), BAD_REQUESTS)
 def test_mistyped_and_oversized_fields_answer_400(store: Store, name: str, body: dict[str, Any]) -> None:
     call(store, "events.add_batch", raw=lines([scalar(0, 1.0)]))
     refused(store, name, body)
