@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from clearml_local.store import Store, Transaction
@@ -200,13 +200,16 @@ def refresh_series(tx: Transaction, series: tuple[str, int, str, str]) -> None:
 
 
 # --- rows as events -----------------------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def iso_time(timestamp_ms: Any) -> str | None:
     """``2026-12-08T01:02:03.456Z`` for a valid timestamp, ``None`` for anything else stored."""
     if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int | float):
         return None
     if not (0 <= timestamp_ms <= MAX_TIMESTAMP_MS) or not math.isfinite(timestamp_ms):
         return None
-    moment = datetime.fromtimestamp(int(timestamp_ms) / 1000, UTC)
+    moment = _EPOCH + timedelta(milliseconds=int(timestamp_ms))  # exact (a float of seconds is not)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -322,6 +325,10 @@ def scalar_histogram(
     if not 1 <= samples <= MAX_HISTOGRAM_SAMPLES:
         raise ValueError(f"samples must be between 1 and {MAX_HISTOGRAM_SAMPLES}, not {samples}")
     by_time = key != "iter"
+    # x of a bucket: its start, in ms or (formatted by SQLite, as iso_time() does) as an ISO string
+    x_sql = "? + bucket * ?"
+    if key == "iso_time":
+        x_sql = f"strftime('%Y-%m-%dT%H:%M:%fZ', ({x_sql}) / 1000.0, 'unixepoch')"
     column = "timestamp" if by_time else "iter"
     where = f"{SERIES_KEY} AND type = ? AND iter != ?" + (f" AND {_VALID_TIME}" if by_time else "")
     result: dict[str, dict[str, dict[str, Any]]] = {}
@@ -355,12 +362,10 @@ def scalar_histogram(
                 xs, ys = [row[0] for row in rows], [row[1] for row in rows]
             else:
                 rows = conn.exec_driver_sql(
-                    f"SELECT CAST(({column} - ?) / ? AS INTEGER) AS bucket, AVG(value) FROM events"
+                    f"SELECT CAST(({column} - ?) / ? AS INTEGER) AS bucket, AVG(value), {x_sql} FROM events"
                     f" WHERE {where} GROUP BY bucket ORDER BY bucket",
-                    (low, width, *params),
+                    (low, width, low, width, *params),
                 ).fetchall()
-                xs, ys = [low + row[0] * width for row in rows], [row[1] for row in rows]
-            if key == "iso_time":
-                xs = [iso_time(x) for x in xs]
+                xs, ys = [row[2] for row in rows], [row[1] for row in rows]
             result.setdefault(metric, {})[variant] = {"name": variant, "x": xs, "y": ys}
     return result

@@ -268,3 +268,13 @@ def test_series_counts_and_block_sums_stay_exact(store: Store, tmp_path: Path) -
     call(store, "events.delete_for_task", {"task": "t1"})
     assert _summaries(store) == ([], [])
     store.close()
+
+
+def test_iso_times_are_exact_to_the_millisecond(store: Store) -> None:
+    stamps = {0: 0, 1: 65_382_126_307_418, 2: event_store.MAX_TIMESTAMP_MS}  # a float of seconds gave .417
+    call(store, "events.add_batch", raw=lines([scalar(it, 1.0, ts=ts) for it, ts in stamps.items()]))
+    expected = ["1970-01-01T00:00:00.000Z", "4041-11-16T13:45:07.418Z", "9999-12-31T23:59:59.999Z"]
+    curve = call(store, "events.scalar_metrics_iter_histogram", {"task": "t1", "key": "iso_time"})
+    assert curve["loss"]["train"]["x"] == expected
+    stored = call(store, "events.get_task_events", {"task": "t1"})["events"]
+    assert [event["@timestamp"] for event in stored] == expected
