@@ -362,8 +362,8 @@ def scalar_histogram(
                 xs, ys = [row[0] for row in rows], [row[1] for row in rows]
             else:
                 rows = conn.exec_driver_sql(
-                    f"SELECT CAST(({column} - ?) / ? AS INTEGER) AS bucket, AVG(value), {x_sql} FROM events"
-                    f" WHERE {where} GROUP BY bucket ORDER BY bucket",
+                    f"SELECT bucket, mean, {x_sql} FROM (SELECT CAST(({column} - ?) / ? AS INTEGER)"
+                    f" AS bucket, AVG(value) AS mean FROM events WHERE {where} GROUP BY bucket) ORDER BY bucket",
                     (low, width, low, width, *params),
                 ).fetchall()
                 xs, ys = [row[2] for row in rows], [row[1] for row in rows]
