@@ -363,7 +363,8 @@ def scalar_histogram(
             else:
                 rows = conn.exec_driver_sql(
                     f"SELECT bucket, mean, {x_sql} FROM (SELECT CAST(({column} - ?) / ? AS INTEGER)"
-                    f" AS bucket, AVG(value) AS mean FROM events WHERE {where} GROUP BY bucket) ORDER BY bucket",
+                    f" AS bucket, AVG(value) AS mean FROM events WHERE {where} GROUP BY bucket)"
+                    " ORDER BY bucket",
                     (low, width, low, width, *params),
                 ).fetchall()
                 xs, ys = [row[2] for row in rows], [row[1] for row in rows]
