@@ -16,7 +16,7 @@ Tables
     ``event_blocks``: per scalar series, sums of the points of every aligned block of
     :data:`BLOCK_SIZES` iterations (points, non-NaN values, their sum), also kept by the ingest. A
     histogram whose buckets span several blocks adds up blocks instead of points: its cost follows
-    the number of blocks, not of points (250,000 points: 4 to 64 times fewer rows).
+    the number of blocks, not of points (4 to 256 times fewer rows).
 
 Timestamps are milliseconds since 1970, ``0 <= t <= MAX_TIMESTAMP_MS`` (the last millisecond of
 year 9999, what an ISO date can show); the ingest refuses others. Rows stored before that check
@@ -55,7 +55,7 @@ DEFAULT_HISTOGRAM_SAMPLES = 2000
 MAX_HISTOGRAM_SAMPLES = 6000
 
 #: Iterations per block of ``event_blocks``, one level each (powers of two, ascending).
-BLOCK_SIZES: tuple[int, ...] = (4, 64)
+BLOCK_SIZES: tuple[int, ...] = (4, 16, 64, 256)
 #: A series of up to this many points is bucketed from its points (clearml-server's width exactly).
 POINTS_READ_LIMIT = 10_000
 
@@ -276,21 +276,28 @@ def block_plan(points: int, low: int, high: int, samples: int) -> tuple[int, int
     """``(block size, bucket width, first bucket's start)`` to sum blocks, or None to read points.
 
     Blocks serve a series of more than :data:`POINTS_READ_LIMIT` points when clearml-server's width
-    is at least two blocks: the width is then rounded up to whole blocks (at most 1.5 times wider,
-    so at least two thirds of the points clearml-server gives) and the buckets start at a block
-    boundary, never more than ``samples`` of them.
+    is at least two of the smallest blocks: the width is then rounded up to whole blocks of the
+    largest size with at least two in it (so about 1.5 times wider at most: two thirds of the
+    points clearml-server gives) and the buckets start at a block boundary, never more than
+    ``samples`` of them. The blocks read are the largest that divide the width (one per bucket
+    when the width is a block size).
     """
-    width = bucket_width(points, low, high, samples)
+    exact = bucket_width(points, low, high, samples)
     if points <= POINTS_READ_LIMIT:
         return None
+    sizes = [size for size in BLOCK_SIZES if 2 * size <= exact]
+    if not sizes:
+        return None
+    rounded = -(-exact // sizes[-1]) * sizes[-1]
     for size in reversed(BLOCK_SIZES):
-        if 2 * size <= width:
-            width = -(-width // size) * size
-            start = low // size * size
-            while (high - start) // width >= samples:
-                width += size
+        if rounded % size:
+            continue
+        width, start = rounded, low // size * size
+        while (high - start) // width >= samples:
+            width += size
+        if size == sizes[-1] or 2 * width <= 3 * exact:
             return size, width, start
-    return None
+    raise AssertionError("unreachable: the rounding size divides the width")
 
 
 def scalar_histogram(
@@ -348,11 +355,18 @@ def scalar_histogram(
             plan = None if by_time else block_plan(points, low, high, samples)
             if plan is not None:
                 size, width, start = plan
-                rows = conn.exec_driver_sql(
-                    "SELECT (block - ?) / ? AS bucket, SUM(valued), SUM(total) FROM event_blocks"
-                    f" WHERE {SERIES_KEY} AND size = ? GROUP BY bucket ORDER BY bucket",
-                    (start // size, width // size, *key_params, size),
-                ).fetchall()
+                if width == size:  # one block per bucket: read them in key order
+                    rows = conn.exec_driver_sql(
+                        "SELECT block - ?, valued, total FROM event_blocks"
+                        f" WHERE {SERIES_KEY} AND size = ? ORDER BY block",
+                        (start // size, *key_params, size),
+                    ).fetchall()
+                else:
+                    rows = conn.exec_driver_sql(
+                        "SELECT (block - ?) / ? AS bucket, SUM(valued), SUM(total) FROM event_blocks"
+                        f" WHERE {SERIES_KEY} AND size = ? GROUP BY bucket ORDER BY bucket",
+                        (start // size, width // size, *key_params, size),
+                    ).fetchall()
                 xs = [start + row[0] * width for row in rows]
                 ys = [row[2] / row[1] if row[1] else None for row in rows]
             elif width == 1 and not by_time:  # every point, straight from the clustered key
