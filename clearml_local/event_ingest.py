@@ -111,7 +111,7 @@ def parse_json_lines(raw: bytes) -> list[Any]:
     if text.startswith(b"["):
         try:
             decoded = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise validation_error(f"events body is not valid JSON: {exc}") from None
         if not isinstance(decoded, list):
             raise validation_error("events body must be json-lines or a JSON array")
@@ -119,12 +119,12 @@ def parse_json_lines(raw: bytes) -> list[Any]:
     lines = [line for line in text.split(b"\n") if line.strip()]
     try:  # one C-level parse of the whole batch: several times faster than a loop
         return json.loads(b"[" + b",".join(lines) + b"]")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         pass
     for number, line in enumerate(lines, start=1):
         try:
             json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise validation_error(f"events body line {number} is not valid JSON: {exc}") from None
     raise validation_error("events body is not valid json-lines")  # e.g. a line ending in a comma
 

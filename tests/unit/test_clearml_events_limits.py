@@ -278,3 +278,8 @@ def test_iso_times_are_exact_to_the_millisecond(store: Store) -> None:
     assert curve["loss"]["train"]["x"] == expected
     stored = call(store, "events.get_task_events", {"task": "t1"})["events"]
     assert [event["@timestamp"] for event in stored] == expected
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"type": "log"}\n' + b'{"a": ' * 100_000])
+def test_deeply_nested_json_lines_answer_400(store: Store, raw: bytes) -> None:
+    assert "not valid JSON" in refused(store, "events.add_batch", raw=raw).message
