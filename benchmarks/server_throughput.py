@@ -7,7 +7,9 @@ Measures, against a real server process on free ports in a temporary data dir:
   client from ``--ingest-threads`` threads, all into one task (10 series of ``loss``);
 * ``histogram``: ``events.scalar_metrics_iter_histogram`` latency (p50/p95/max ms) on that task
   once it holds all ``--events`` events: by iteration with the default ``samples`` (what
-  ``Task.get_reported_scalars`` and the scalar charts send), by timestamp and by ISO time;
+  ``Task.get_reported_scalars`` and the scalar charts send) and with 2000, by timestamp and by ISO
+  time. ``server_cpu_ms_per_call`` (and ``events_per_server_cpu_s`` for the ingest) is the server
+  process's CPU time, which a busy machine inflates far less than the wall-clock latency;
 * ``get_all``: ``tasks.get_all`` latency (p50/p95/max ms) with ``--tasks`` tasks in the database,
   for the queries the SDK, pipelines and HPO send (ids + status projection, a project page sorted
   by last update, a name regex, HPO's ``order_by`` on a ``last_metrics`` value);
@@ -86,6 +88,13 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
         self.proc = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all threads; Linux ``/proc``): unlike
+        wall-clock latency, it hardly depends on what else runs on the machine."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def call(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         reply = self.http.post(f"{self.api}/v2.23/{name}", json=body)
@@ -213,16 +222,17 @@ def bench_events(server: Server, task_id: str, total: int, batch: int, threads: 
                 added += reply["data"]["added"]
         return added
 
-    start = time.perf_counter()
+    cpu, start = server.cpu_seconds(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         added = sum(pool.map(send, [bodies[i::threads] for i in range(threads)]))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
     return {
         "events": added,
         "batch": batch,
         "threads": threads,
         "seconds": round(elapsed, 3),
         "events_per_s": round(added / elapsed),
+        "events_per_server_cpu_s": round(added / cpu) if cpu else None,
     }
 
 
@@ -240,11 +250,18 @@ def bench_histogram(server: Server, task_id: str, repeats: int) -> dict[str, Any
         reply = server.call("events.scalar_metrics_iter_histogram", body)  # warm-up
         points = max(len(curve["x"]) for curve in reply["loss"].values())
         times = []
+        cpu = server.cpu_seconds()
         for _ in range(repeats):
             start = time.perf_counter()
             server.call("events.scalar_metrics_iter_histogram", body)
             times.append((time.perf_counter() - start) * 1000)
-        result[label] = {**_summary(times), "series": len(reply["loss"]), "points_per_series": points}
+        cpu_ms = (server.cpu_seconds() - cpu) * 1000 / repeats
+        result[label] = {
+            **_summary(times),
+            "server_cpu_ms_per_call": round(cpu_ms, 1),
+            "series": len(reply["loss"]),
+            "points_per_series": points,
+        }
     return result
 
 
