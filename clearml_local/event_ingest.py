@@ -165,6 +165,8 @@ class _SeriesSummary:
     max: tuple[float, int | None]
     last: tuple[float, int | None]
     last_key: tuple[int, int]
+    #: The series' points in the batch (the same dict as ``_Batch.points`` holds for it).
+    points: dict[int, tuple[int, float | None]]
 
     def add(self, value: float, iteration: int | None, key: tuple[int, int]) -> None:
         if value < self.min[0]:
@@ -254,15 +256,15 @@ class _Batch:
         if self._owners.get((task_id, False, False), "") is not None:
             self._check_owner(task_id, False, False)  # first event of this task: look it up (or raise)
         self.event_rows.append((task_id, 0, SCALAR, metric, variant, iteration, value, timestamp, None))
-        self.points[(task_id, 0, metric, variant)][iteration] = (timestamp, value)
         summary = self.series.get((task_id, metric, variant))
         if summary is None:
-            point = (value, iteration)
-            self.series[(task_id, metric, variant)] = _SeriesSummary(
-                metric, variant, point, point, point, (iteration, position)
+            point, points = (value, iteration), self.points[(task_id, 0, metric, variant)]
+            summary = self.series[(task_id, metric, variant)] = _SeriesSummary(
+                metric, variant, point, point, point, (iteration, position), points
             )
         else:
             summary.add(value, iteration, (iteration, position))
+        summary.points[iteration] = (timestamp, value)
         if iteration > self.last_iteration.get(task_id, SINGLE_VALUE_ITERATION):
             self.last_iteration[task_id] = iteration
         return True
@@ -343,7 +345,7 @@ class _Batch:
         if summary is None:
             point = (value, iteration)
             self.series[(task_id, metric, variant)] = _SeriesSummary(
-                metric, variant, point, point, point, key
+                metric, variant, point, point, point, key, self.points[(task_id, 0, metric, variant)]
             )
         else:
             summary.add(value, iteration, key)
@@ -381,6 +383,8 @@ class _Batch:
         replaced = []
         blocks: list[tuple[Any, ...]] = []
         for key, points in self.points.items():
+            if not points:  # a series with only single values in this batch
+                continue
             row = tx.conn.exec_driver_sql(
                 "SELECT points, min_iter, max_iter, min_timestamp, max_timestamp FROM event_series"
                 f" WHERE {SERIES_KEY}",
