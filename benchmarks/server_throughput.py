@@ -2,8 +2,14 @@
 
 Measures, against a real server process on free ports in a temporary data dir:
 
-* ``events_per_s``: scalar events ingested through ``events.add_batch`` (json-lines batches of
-  ``--batch`` events, as the SDK sends them; each reply comes after COMMIT);
+* ``events.events_per_s``: scalar events ingested through ``events.add_batch`` (json-lines
+  batches of ``--batch`` events, as the SDK sends them; each reply comes after COMMIT) by one
+  client from ``--ingest-threads`` threads, all into one task (10 series of ``loss``);
+* ``histogram``: ``events.scalar_metrics_iter_histogram`` latency (p50/p95/max ms) on that task
+  once it holds all ``--events`` events: by iteration with the default ``samples`` (what
+  ``Task.get_reported_scalars`` and the scalar charts send) and with 2000, by timestamp and by ISO
+  time. ``server_cpu_ms_per_call`` (and ``events_per_server_cpu_s`` for the ingest) is the server
+  process's CPU time, which a busy machine inflates far less than the wall-clock latency;
 * ``get_all``: ``tasks.get_all`` latency (p50/p95/max ms) with ``--tasks`` tasks in the database,
   for the queries the SDK, pipelines and HPO send (ids + status projection, a project page sorted
   by last update, a name regex, HPO's ``order_by`` on a ``last_metrics`` value);
@@ -11,7 +17,8 @@ Measures, against a real server process on free ports in a temporary data dir:
 
 Usage::
 
-    .venv/bin/python benchmarks/server_throughput.py [--tasks 10000] [--events 200000]
+    .venv/bin/python benchmarks/server_throughput.py [--tasks 10000] [--events 250000]
+    .venv/bin/python benchmarks/server_throughput.py --parts events   # ingest + histogram only
 
 The 10,000 tasks are seeded fast: one task is created through the API, then the server is stopped,
 its stored document is copied under new ids straight into the SQLite file, and the server restarts
@@ -32,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,9 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FREE_PORTS = ("--api-port", "0", "--files-port", "0", "--web-port", "0")
+#: Series the ingested events are spread over (``loss/v0`` ... ``loss/v9``).
+HISTOGRAM_VARIANTS = 10
+PARTS = ("events", "get_all", "files")
 
 
 class Server:
@@ -77,6 +88,13 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
         self.proc = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all threads; Linux ``/proc``): unlike
+        wall-clock latency, it hardly depends on what else runs on the machine."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def call(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         reply = self.http.post(f"{self.api}/v2.23/{name}", json=body)
@@ -164,44 +182,87 @@ def _summary(times_ms: list[float]) -> dict[str, float]:
     }
 
 
-def bench_events(server: Server, task_id: str, total: int, batch: int) -> dict[str, Any]:
-    """Scalar events per second through ``events.add_batch`` (json-lines, one reply per batch)."""
-    url = f"{server.api}/v2.23/events.add_batch"
-    headers = {"Content-Type": "application/json-lines"}
-    sent = 0
+def _scalar_batches(task_id: str, total: int, batch: int, variants: int) -> list[bytes]:
+    """json-lines bodies of ``total`` scalar events: ``variants`` series of ``loss``, one point each
+    per iteration, timestamps 1 ms apart (what a training loop reports)."""
     bodies = []
-    while sent < total:
-        n = min(batch, total - sent)
+    for start in range(0, total, batch):
         lines = [
             json.dumps(
                 {
-                    "timestamp": 1_700_000_000_000 + sent + i,
+                    "timestamp": 1_700_000_000_000 + n,
                     "type": "training_stats_scalar",
                     "task": task_id,
-                    "iter": (sent + i) // 10,
+                    "iter": n // variants,
                     "metric": "loss",
-                    "variant": f"v{(sent + i) % 10}",
-                    "value": ((sent + i) % 1000) / 1000,
+                    "variant": f"v{n % variants}",
+                    "value": (n % 1000) / 1000,
                 }
             )
-            for i in range(n)
+            for n in range(start, min(start + batch, total))
         ]
         bodies.append("\n".join(lines).encode())
-        sent += n
-    start = time.perf_counter()
-    added = 0
-    for body in bodies:
-        reply = server.http.post(url, data=body, headers=headers).json()
-        if reply["meta"]["result_code"] != 200 or reply["data"]["errors"]:
-            raise RuntimeError(f"add_batch failed: {reply['meta']['result_msg']} {reply['data']}")
-        added += reply["data"]["added"]
-    elapsed = time.perf_counter() - start
+    return bodies
+
+
+def bench_events(server: Server, task_id: str, total: int, batch: int, threads: int) -> dict[str, Any]:
+    """Scalar events per second through ``events.add_batch`` (json-lines, one reply per batch),
+    sent by one client from ``threads`` threads (each its own HTTP connection)."""
+    url = f"{server.api}/v2.23/events.add_batch"
+    headers = {"Content-Type": "application/json-lines", **server.http.headers}
+    bodies = _scalar_batches(task_id, total, batch, HISTOGRAM_VARIANTS)
+
+    def send(share: list[bytes]) -> int:
+        added = 0
+        with requests.Session() as http:
+            for body in share:
+                reply = http.post(url, data=body, headers=headers).json()
+                if reply["meta"]["result_code"] != 200 or reply["data"]["errors"]:
+                    raise RuntimeError(f"add_batch failed: {reply['meta']['result_msg']} {reply['data']}")
+                added += reply["data"]["added"]
+        return added
+
+    cpu, start = server.cpu_seconds(), time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        added = sum(pool.map(send, [bodies[i::threads] for i in range(threads)]))
+    elapsed, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
     return {
         "events": added,
         "batch": batch,
+        "threads": threads,
         "seconds": round(elapsed, 3),
         "events_per_s": round(added / elapsed),
+        "events_per_server_cpu_s": round(added / cpu) if cpu else None,
     }
+
+
+def bench_histogram(server: Server, task_id: str, repeats: int) -> dict[str, Any]:
+    """Latency (ms) of ``events.scalar_metrics_iter_histogram`` on the task the ingest filled, as
+    ``Task.get_reported_scalars`` sends it (``key`` iter, default ``samples``) and by time."""
+    bodies = {
+        "iter_default_samples": {"task": task_id, "key": "iter"},
+        "iter_2000_samples": {"task": task_id, "key": "iter", "samples": 2000},
+        "timestamp_500_samples": {"task": task_id, "key": "timestamp", "samples": 500},
+        "iso_time_max_samples": {"task": task_id, "key": "iso_time", "samples": 6000},
+    }
+    result: dict[str, Any] = {}
+    for label, body in bodies.items():
+        reply = server.call("events.scalar_metrics_iter_histogram", body)  # warm-up
+        points = max(len(curve["x"]) for curve in reply["loss"].values())
+        times = []
+        cpu = server.cpu_seconds()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            server.call("events.scalar_metrics_iter_histogram", body)
+            times.append((time.perf_counter() - start) * 1000)
+        cpu_ms = (server.cpu_seconds() - cpu) * 1000 / repeats
+        result[label] = {
+            **_summary(times),
+            "server_cpu_ms_per_call": round(cpu_ms, 1),
+            "series": len(reply["loss"]),
+            "points_per_series": points,
+        }
+    return result
 
 
 def bench_files(server: Server, size_mb: int, repeats: int) -> dict[str, Any]:
@@ -235,26 +296,38 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the database for get_all")
-    parser.add_argument("--events", type=int, default=200_000, help="scalar events to ingest")
+    parser.add_argument("--events", type=int, default=250_000, help="scalar events to ingest")
     parser.add_argument("--batch", type=int, default=10_000, help="events per add_batch request")
+    parser.add_argument("--ingest-threads", type=int, default=3, help="client threads sending batches")
+    parser.add_argument("--histogram-repeats", type=int, default=20, help="timed calls per histogram")
     parser.add_argument("--get-all-repeats", type=int, default=50, help="timed calls per get_all query")
     parser.add_argument("--file-mb", type=int, default=64, help="size of the file-server object")
     parser.add_argument("--file-repeats", type=int, default=3)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
     args = parser.parse_args(argv)
+    parts = [part for part in args.parts.split(",") if part]
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(unknown)}; choose from {','.join(PARTS)}")
     load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="fleetfl-bench-") as tmp:
         server = Server(Path(tmp))
         server.start()
         try:
-            project, ids = seed_tasks(server, args.tasks)
-            result = {
+            project, ids = seed_tasks(server, args.tasks if "get_all" in parts else 1)
+            result: dict[str, Any] = {
                 "cpu_count": os.cpu_count(),
                 "load_avg_1m_at_start": load,  # other jobs on the machine slow every number down
                 "tasks": len(ids),
-                "events": bench_events(server, ids[0], args.events, args.batch),
-                "get_all": bench_get_all(server, project, ids, args.get_all_repeats),
-                "files": bench_files(server, args.file_mb, args.file_repeats),
             }
+            if "events" in parts:
+                result["events"] = bench_events(server, ids[0], args.events, args.batch, args.ingest_threads)
+                result["histogram"] = bench_histogram(server, ids[0], args.histogram_repeats)
+            if "get_all" in parts:
+                result["get_all"] = bench_get_all(server, project, ids, args.get_all_repeats)
+            if "files" in parts:
+                result["files"] = bench_files(server, args.file_mb, args.file_repeats)
         finally:
             server.stop()
     print(json.dumps(result, indent=2))

@@ -1,29 +1,16 @@
 """The ``events.*`` service: scalars, plots, debug images and console logs of tasks (and models).
 
-Ingest
-    ``events.add_batch`` receives ``application/json-lines`` (one event per line; the SDK chunks
-    batches at 15 MB), ``events.add`` one event. All events of one request are written in ONE
-    transaction with ``executemany``, together with the tasks' ``last_metrics`` /
-    ``last_iteration`` (:meth:`~clearml_local.store.Transaction.update_task_metrics`), and the reply
-    is sent after COMMIT: an acknowledged event is durable. A malformed line fails the whole request
-    (400, nothing written); an event that names an unknown or published task, or lacks a field, is
-    counted in ``errors`` / ``errors_info`` while the others are stored, as clearml-server does.
-
-Storage (SQLite, next to the documents)
-    ``events``: scalars, vectors, plots and debug images, one row each, unique per
-    (task, model_event, type, metric, variant, iter): re-reporting the same point replaces it, as in
-    clearml-server. Scalars keep only columns; other types keep their extra fields (``plot_str``,
-    ``url``, ``values``...) as a JSON ``doc``. ``events`` is a WITHOUT ROWID table clustered on
-    that key (one B-tree: about twice the insert speed and half the size of a rowid table with a
-    unique index); reads return and scroll events in key order (type, metric, variant, iteration).
-    ``event_logs``: console lines, numbered in arrival order (``seq``).
+This module registers the endpoint handlers; storage and the downsampled scalar series live in
+:mod:`clearml_local.event_store`, the checks and writes of the ingest in
+:mod:`clearml_local.event_ingest`.
 
 Reads used by the SDK (``Task.get_reported_scalars``, ``get_all_reported_scalars``,
 ``get_reported_plots``, ``get_reported_console_output``, ``get_debug_samples``,
 ``get_reported_single_values``), HyperParameterOptimizer's objective
 (``scalar_metrics_iter_histogram``) and PipelineController's multi-pipeline plots
 (``get_task_plots``). Scroll ids are opaque base64 JSON cursors (keyset, never offsets into a
-changing list, except for plots).
+changing list, except for plots); a scroll id that does not decode to this request's cursor is a
+400, as is any field of the wrong type or an integer beyond 64 bits.
 
 Single values (``Logger.report_single_value``) are scalars at iteration ``-2**31``: they go to
 ``last_metrics`` and ``get_task_single_value_metrics`` but not into histograms or ``last_iteration``.
@@ -34,12 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections import defaultdict
 from typing import Any
 
 from clearml_local.api import (
@@ -57,385 +40,56 @@ from clearml_local.api import (
     str_list,
     validation_error,
 )
-from clearml_local.store import ScalarValue, Store, Transaction
+from clearml_local.event_ingest import ingest_events, parse_json_lines
+from clearml_local.event_store import (
+    DEFAULT_HISTOGRAM_SAMPLES,
+    EVENT_COLUMNS,
+    EVENT_TYPES,
+    HISTOGRAM_KEYS,
+    IMAGE,
+    LOG,
+    LOG_COLUMNS,
+    MAX_HISTOGRAM_SAMPLES,
+    MAX_ITERATION,
+    MIN_ITERATION,
+    PLOT,
+    SCALAR,
+    SINGLE_VALUE_ITERATION,
+    MetricFilter,
+    delete_task_events,
+    event_dict,
+    init_store,
+    log_dict,
+    scalar_histogram,
+    wanted,
+)
+from clearml_local.store import Store
 
-SCALAR = "training_stats_scalar"
-VECTOR = "training_stats_vector"
-IMAGE = "training_debug_image"
-PLOT = "plot"
-LOG = "log"
-#: Every event type the server stores.
-EVENT_TYPES: frozenset[str] = frozenset({SCALAR, VECTOR, IMAGE, PLOT, LOG})
-#: The iteration ``Logger.report_single_value`` reports at.
-SINGLE_VALUE_ITERATION = -(2**31)
-#: ``samples`` of ``scalar_metrics_iter_histogram`` when the request gives none.
-DEFAULT_HISTOGRAM_SAMPLES = 5000
+__all__ = ["SINGLE_VALUE_ITERATION", "delete_task_events", "init_store", "scalar_histogram"]
+
 #: Default and maximal page size of the scrolling reads.
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10000
 #: Plots per page of ``get_task_plots`` (unless ``no_scroll``).
 PLOTS_PAGE_SIZE = 500
-
-# Fields of an event that describe the request, not the event (never stored).
-_REQUEST_FIELDS = frozenset({"allow_locked", "method"})
-# Fields kept in columns of the ``events`` table (the rest of a non-scalar event goes to ``doc``).
-_COLUMN_FIELDS = frozenset({"task", "type", "metric", "variant", "iter", "value", "timestamp", "model_event"})
-
-#: Columns of the ``events`` table, in the order rows are read and written.
-_EVENT_COLUMNS = "task, model_event, type, metric, variant, iter, value, timestamp, doc"
-
-SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS events (
-        task TEXT NOT NULL,
-        model_event INTEGER NOT NULL,
-        type TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        variant TEXT NOT NULL,
-        iter INTEGER NOT NULL,
-        value REAL,
-        timestamp INTEGER NOT NULL,
-        doc TEXT,
-        PRIMARY KEY (task, model_event, type, metric, variant, iter) ON CONFLICT REPLACE
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS event_logs (
-        seq INTEGER PRIMARY KEY,
-        task TEXT NOT NULL,
-        model_event INTEGER NOT NULL,
-        timestamp INTEGER NOT NULL,
-        level TEXT,
-        worker TEXT,
-        msg TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS event_logs_by_time ON event_logs (task, timestamp, seq)",
-)
-
-
-# --- store hooks (called by the app, see INTERFACES.md) --------------------------------------------
-def init_store(store: Store) -> None:
-    """Create the event tables (idempotent); the app calls it once at start-up."""
-    store.ensure_schema(SCHEMA)
-
-
-def delete_task_events(tx: Transaction, task_ids: Sequence[str]) -> int:
-    """Delete every event of ``task_ids`` inside ``tx`` (``tasks.delete`` / ``tasks.reset``).
-
-    Returns:
-        The number of deleted events (logs included).
-    """
-    deleted = 0
-    for task_id in task_ids:
-        for table in ("events", "event_logs"):
-            result = tx.conn.exec_driver_sql(f"DELETE FROM {table} WHERE task = ?", (task_id,))
-            deleted += max(result.rowcount, 0)
-    return deleted
+#: The largest ``threshold_sec`` of ``clear_task_log`` (about 30 years).
+MAX_THRESHOLD_SEC = 10**9
 
 
 # --- ingest -------------------------------------------------------------------------------------------
-@dataclass
-class IngestResult:
-    """What ``events.add_batch`` answers: counts of stored and refused events, and why."""
-
-    added: int
-    errors: int
-    errors_info: dict[str, int]
-
-    def as_data(self) -> dict[str, Any]:
-        return {"added": self.added, "errors": self.errors, "errors_info": self.errors_info}
-
-
-class _EventError(Exception):
-    """One event refused (counted in ``errors_info`` under its message)."""
-
-
-def parse_json_lines(raw: bytes) -> list[Any]:
-    """Decode an ``add_batch`` body: json-lines (or, leniently, one JSON array).
-
-    Raises:
-        ApiError: 400 naming the first malformed line.
-    """
-    text = raw.strip()
-    if not text:
-        return []
-    if text.startswith(b"["):
-        try:
-            decoded = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise validation_error(f"events body is not valid JSON: {exc}") from None
-        if not isinstance(decoded, list):
-            raise validation_error("events body must be json-lines or a JSON array")
-        return decoded
-    lines = [line for line in text.split(b"\n") if line.strip()]
-    try:  # one C-level parse of the whole batch: several times faster than a loop
-        return json.loads(b"[" + b",".join(lines) + b"]")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    for number, line in enumerate(lines, start=1):
-        try:
-            json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise validation_error(f"events body line {number} is not valid JSON: {exc}") from None
-    raise validation_error("events body is not valid json-lines")  # e.g. a line ending in a comma
-
-
-def _as_int(
-    event: dict[str, Any], name: str, default: int | None, *, round_floats: bool = False
-) -> int | None:
-    value = event.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _EventError(f"field '{name}' must be a number")
-    if isinstance(value, float):
-        if not (round_floats or value.is_integer()):
-            raise _EventError(f"field '{name}' must be an integer")
-        value = round(value)
-    return value
-
-
-def _as_name(event: dict[str, Any], name: str) -> str:
-    value = event.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _EventError(f"field '{name}' must be a string")
-    return value
-
-
-@dataclass
-class _SeriesSummary:
-    """Min, max and latest value of one (task, metric, variant) within a batch."""
-
-    metric: str
-    variant: str
-    min: tuple[float, int | None]
-    max: tuple[float, int | None]
-    last: tuple[float, int | None]
-    last_key: tuple[int, int]
-
-    def add(self, value: float, iteration: int | None, key: tuple[int, int]) -> None:
-        if value < self.min[0]:
-            self.min = (value, iteration)
-        if value > self.max[0]:
-            self.max = (value, iteration)
-        if key >= self.last_key:
-            self.last, self.last_key = (value, iteration), key
-
-    def scalar_values(self) -> list[ScalarValue]:
-        # Min, then max, then last: update_task_metrics folds them in order, so the last one given
-        # becomes ``value`` and min/max keep their own iterations.
-        return [
-            ScalarValue(self.metric, self.variant, value, iteration)
-            for value, iteration in (self.min, self.max, self.last)
-        ]
-
-
-class _Batch:
-    """Rows and metric summaries of one ingest request, built before the transaction opens."""
-
-    def __init__(self, store: Store, worker: str | None) -> None:
-        self.store = store
-        self.worker = worker
-        self.now = int(time.time() * 1000)
-        self.event_rows: list[tuple[Any, ...]] = []
-        self.log_rows: list[tuple[Any, ...]] = []
-        self.series: dict[tuple[str, str, str], _SeriesSummary] = {}
-        self.last_iteration: dict[str, int] = {}
-        self.errors: Counter[str] = Counter()
-        self._owners: dict[tuple[str, bool, bool], str | None] = {}
-
-    def _check_owner(self, task_id: str, model_event: bool, allow_locked: bool) -> None:
-        key = (task_id, model_event, allow_locked)
-        if key not in self._owners:
-            doc = self.store.get("models" if model_event else "tasks", task_id)
-            if doc is None:
-                self._owners[key] = "Invalid model id" if model_event else "Invalid task id"
-            elif not model_event and doc.get("status") == "published" and not allow_locked:
-                self._owners[key] = "Task is published (locked): events refused"
-            else:
-                self._owners[key] = None
-        problem = self._owners[key]
-        if problem:
-            raise _EventError(problem)
-
-    def add(self, event: Any, position: int) -> None:
-        try:
-            if not self._add_plain_scalar(event, position):
-                self._add(event, position)
-        except _EventError as exc:
-            self.errors[str(exc)] += 1
-
-    def _add_plain_scalar(self, event: Any, position: int) -> bool:
-        """Fast path for the bulk of every batch: a task scalar whose fields have their usual types.
-
-        Returns False (nothing done) for anything else, which :meth:`_add` then handles in full.
-        """
-        if type(event) is not dict or event.get("type") != SCALAR:
-            return False
-        task_id, metric, variant = event.get("task"), event.get("metric"), event.get("variant")
-        iteration, value, timestamp = event.get("iter"), event.get("value"), event.get("timestamp")
-        if not (
-            type(task_id) is str
-            and type(metric) is str
-            and type(variant) is str
-            and type(iteration) is int
-            and type(value) is float
-            and type(timestamp) is int
-            and task_id
-            and value == value  # not NaN
-            and iteration != SINGLE_VALUE_ITERATION
-            and not event.get("model_event")
-            and not event.get("allow_locked")
-        ):
-            return False
-        if self._owners.get((task_id, False, False), "") is not None:
-            self._check_owner(task_id, False, False)  # first event of this task: look it up (or raise)
-        self.event_rows.append((task_id, 0, SCALAR, metric, variant, iteration, value, timestamp, None))
-        summary = self.series.get((task_id, metric, variant))
-        if summary is None:
-            point = (value, iteration)
-            self.series[(task_id, metric, variant)] = _SeriesSummary(
-                metric, variant, point, point, point, (iteration, position)
-            )
-        else:
-            summary.add(value, iteration, (iteration, position))
-        if iteration > self.last_iteration.get(task_id, SINGLE_VALUE_ITERATION):
-            self.last_iteration[task_id] = iteration
-        return True
-
-    def _add(self, event: Any, position: int) -> None:
-        if not isinstance(event, dict):
-            raise _EventError("event must be a JSON object")
-        etype = event.get("type")
-        if not isinstance(etype, str) or etype not in EVENT_TYPES:  # a list/dict is unhashable
-            raise _EventError(f"unknown event type {etype!r}")
-        task_id = event.get("task")
-        if not isinstance(task_id, str) or not task_id:
-            raise _EventError("field 'task' is required")
-        model_event = bool(event.get("model_event", False))
-        self._check_owner(task_id, model_event, bool(event.get("allow_locked", False)))
-        timestamp = _as_int(event, "timestamp", self.now, round_floats=True)
-        if etype == LOG:
-            level = event.get("level") or "info"
-            msg = event.get("msg")
-            if msg is not None and not isinstance(msg, str):
-                msg = json.dumps(msg)
-            worker = event.get("worker") or self.worker
-            self.log_rows.append((task_id, int(model_event), timestamp, str(level), worker, msg))
-            return
-        metric, variant = _as_name(event, "metric"), _as_name(event, "variant")
-        iteration = _as_int(event, "iter", 0)
-        if etype == SCALAR:
-            value = event.get("value")
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _EventError("scalar event needs a numeric 'value'")
-            value = float(value)
-            finite = not math.isnan(value)
-            stored = value if finite else None
-            self.event_rows.append(
-                (task_id, int(model_event), etype, metric, variant, iteration, stored, timestamp, None)
-            )
-            if finite and not model_event:
-                single = iteration == SINGLE_VALUE_ITERATION
-                self._summarise(task_id, metric, variant, value, None if single else iteration, position)
-                if not single:
-                    self._raise_iteration(task_id, iteration)
-            return
-        doc = {k: v for k, v in event.items() if k not in _COLUMN_FIELDS and k not in _REQUEST_FIELDS}
-        if "worker" not in doc and self.worker:
-            doc["worker"] = self.worker
-        self.event_rows.append(
-            (task_id, int(model_event), etype, metric, variant, iteration, None, timestamp, json.dumps(doc))
-        )
-        if not model_event:
-            self._raise_iteration(task_id, iteration)
-
-    def _summarise(
-        self, task_id: str, metric: str, variant: str, value: float, iteration: int | None, position: int
-    ) -> None:
-        key = (iteration if iteration is not None else SINGLE_VALUE_ITERATION, position)
-        summary = self.series.get((task_id, metric, variant))
-        if summary is None:
-            point = (value, iteration)
-            self.series[(task_id, metric, variant)] = _SeriesSummary(
-                metric, variant, point, point, point, key
-            )
-        else:
-            summary.add(value, iteration, key)
-
-    def _raise_iteration(self, task_id: str, iteration: int) -> None:
-        if iteration > self.last_iteration.get(task_id, SINGLE_VALUE_ITERATION):
-            self.last_iteration[task_id] = iteration
-
-    def _drop_vanished_owners(self) -> None:
-        """Inside the transaction: drop rows of owners deleted since validation (no orphan events)."""
-        owners = {(row[0], bool(row[1])) for row in self.event_rows} | {
-            (r[0], bool(r[1])) for r in self.log_rows
-        }
-        gone = {key for key in owners if self.store.get("models" if key[1] else "tasks", key[0]) is None}
-        if not gone:
-            return
-        for rows in (self.event_rows, self.log_rows):
-            kept = [row for row in rows if (row[0], bool(row[1])) not in gone]
-            self.errors["Invalid task id"] += len(rows) - len(kept)
-            rows[:] = kept
-        for task_id, _ in gone:
-            self.last_iteration.pop(task_id, None)
-        self.series = {key: value for key, value in self.series.items() if (key[0], False) not in gone}
-
-    def write(self) -> IngestResult:
-        """Store everything in one transaction (returns after COMMIT)."""
-        if self.event_rows or self.log_rows:
-            with self.store.transaction() as tx:
-                self._drop_vanished_owners()
-                if self.event_rows:
-                    tx.conn.exec_driver_sql(
-                        f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        self.event_rows,
-                    )
-                if self.log_rows:
-                    tx.conn.exec_driver_sql(
-                        "INSERT INTO event_logs (task, model_event, timestamp, level, worker, msg)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        self.log_rows,
-                    )
-                per_task: dict[str, list[ScalarValue]] = defaultdict(list)
-                for (task_id, _, _), summary in self.series.items():
-                    per_task[task_id].extend(summary.scalar_values())
-                for task_id in set(per_task) | set(self.last_iteration):
-                    tx.update_task_metrics(
-                        task_id, per_task.get(task_id, []), self.last_iteration.get(task_id)
-                    )
-        added = len(self.event_rows) + len(self.log_rows)
-        return IngestResult(added=added, errors=sum(self.errors.values()), errors_info=dict(self.errors))
-
-
-def ingest_events(store: Store, events: Iterable[Any], worker: str | None = None) -> IngestResult:
-    """Validate and store ``events`` atomically; update the tasks' ``last_metrics``.
-
-    Args:
-        store: the server's store.
-        events: decoded event objects (``parse_json_lines``).
-        worker: the reporting worker (``X-ClearML-Worker``), used when an event names none.
-    """
-    batch = _Batch(store, worker)
-    for position, event in enumerate(events):
-        batch.add(event, position)
-    return batch.write()
-
-
 @endpoint("events.add_batch", raw_body=True)
 def add_batch(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
-    """Store a json-lines batch of events."""
+    """Store a json-lines batch of events (see :mod:`clearml_local.event_ingest` for what is refused)."""
     events = parse_json_lines(ctx.raw_body)
     if not events:
         raise bad_request("Batch request contains no items", 11)
-    return ingest_events(ctx.store, events, ctx.worker).as_data()
+    return ingest_events(ctx.store, events, ctx.worker).reply()
 
 
 @endpoint("events.add")
 def add(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
     """Store one event."""
-    return ingest_events(ctx.store, [body], ctx.worker).as_data()
+    return ingest_events(ctx.store, [body], ctx.worker).reply()
 
 
 # --- reads: helpers -----------------------------------------------------------------------------------
@@ -455,6 +109,31 @@ def _decode_scroll(scroll_id: str | None, kind: str, task: str) -> dict[str, Any
     return state
 
 
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and MIN_ITERATION <= value <= MAX_ITERATION
+
+
+def _scroll_int(state: dict[str, Any], name: str, default: int = 0) -> int:
+    """A non-negative integer of a decoded scroll id (400 for anything else a client made up)."""
+    value = state.get(name, default)
+    if not _is_int64(value) or value < 0:
+        raise bad_request("Invalid scroll id for this request")
+    return value
+
+
+def _scroll_after(state: dict[str, Any], types: tuple[type, ...]) -> list[Any] | None:
+    """The cursor key of a decoded scroll id: None, or one value of each of ``types`` (ints of 64 bits)."""
+    after = state.get("after")
+    if after is None:
+        return None
+    valid = isinstance(after, list) and len(after) == len(types)
+    if valid:
+        valid = all(_is_int64(v) if t is int else type(v) is t for v, t in zip(after, types, strict=True))
+    if not valid:
+        raise bad_request("Invalid scroll id for this request")
+    return after
+
+
 def _require_owner(ctx: RequestContext, task_id: str, model_events: bool) -> dict[str, Any]:
     doc = ctx.store.get("models" if model_events else "tasks", task_id)
     if doc is None:
@@ -464,10 +143,10 @@ def _require_owner(ctx: RequestContext, task_id: str, model_events: bool) -> dic
     return doc
 
 
-def _positive(body: dict[str, Any], name: str, default: int) -> int:
+def _positive(body: dict[str, Any], name: str, default: int, maximum: int = MAX_ITERATION) -> int:
     value = opt_int(body, name, default)
-    if value is None or value < 1:
-        raise validation_error(f"field '{name}' must be a positive integer")
+    if value is None or not 1 <= value <= maximum:
+        raise validation_error(f"field '{name}' must be an integer from 1 to {maximum}")
     return value
 
 
@@ -475,142 +154,56 @@ def _batch_size(body: dict[str, Any], default: int = DEFAULT_BATCH_SIZE) -> int:
     return min(_positive(body, "batch_size", default), MAX_BATCH_SIZE)
 
 
-def _iso(timestamp_ms: int) -> str:
-    return (
-        datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+def _strings(item: dict[str, Any], name: str, where: str) -> list[str]:
+    value = item.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise validation_error(f"field '{where}.{name}' must be an array of strings")
+    return value
 
 
-def _event_dict(row: Sequence[Any]) -> dict[str, Any]:
-    task, model_event, etype, metric, variant, iteration, value, timestamp, doc = row
-    event: dict[str, Any] = {
-        "timestamp": timestamp,
-        "type": etype,
-        "task": task,
-        "iter": iteration,
-        "metric": metric,
-        "variant": variant,
-        "@timestamp": _iso(timestamp),
-    }
-    if etype == SCALAR:
-        event["value"] = value
-    if model_event:
-        event["model_event"] = True
-    if doc:
-        event.update(json.loads(doc))
-    return event
-
-
-_LOG_COLUMNS = "seq, task, model_event, timestamp, level, worker, msg"
-
-
-def _log_dict(row: Sequence[Any]) -> dict[str, Any]:
-    _, task, model_event, timestamp, level, worker, msg = row
-    event = {
-        "timestamp": timestamp,
-        "type": LOG,
-        "task": task,
-        "level": level,
-        "worker": worker,
-        "msg": msg,
-        "@timestamp": _iso(timestamp),
-    }
-    if model_event:
-        event["model_event"] = True
-    return event
-
-
-def _metric_filter(body: dict[str, Any]) -> dict[str, set[str] | None] | None:
+def _metric_filter(body: dict[str, Any]) -> MetricFilter | None:
     """``metrics: [{metric, variants}]`` as {metric: variants-or-None}; ``None`` when absent."""
     items = opt_list(body, "metrics")
     if not items:
         return None
-    wanted: dict[str, set[str] | None] = {}
+    wanted_metrics: MetricFilter = {}
+    any_metric = False
     for item in items:
         if not isinstance(item, dict):
             raise validation_error("field 'metrics' must be an array of {metric, variants}")
         metric = item.get("metric")
+        if metric is not None and not isinstance(metric, str):
+            raise validation_error("field 'metrics.metric' must be a string")
+        variants = _strings(item, "variants", "metrics")
         if metric is None:
-            return None  # "any metric"
-        variants = item.get("variants")
-        wanted[str(metric)] = set(variants) if variants else None
-    return wanted
-
-
-def _wanted(filter_: dict[str, set[str] | None] | None, metric: str, variant: str) -> bool:
-    if filter_ is None:
-        return True
-    if metric not in filter_:
-        return False
-    variants = filter_[metric]
-    return variants is None or variant in variants
+            any_metric = True  # "any metric"
+        else:
+            wanted_metrics[metric] = set(variants) if variants else None
+    return None if any_metric else wanted_metrics
 
 
 # --- reads: scalars -----------------------------------------------------------------------------------
-def _histogram(
-    store: Store,
-    task_id: str,
-    key: str,
-    samples: int,
-    model_events: bool,
-    filter_: dict[str, set[str] | None] | None,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{metric: {variant: {name, x, y}}}``; a series longer than ``samples`` is averaged in SQL.
-
-    The buckets have equal width along x (iteration or timestamp), start at the series' first x
-    and are named by it; an all-NaN bucket has ``y`` null. Single values are left out.
-    """
-    column = "iter" if key == "iter" else "timestamp"
-    where = "task = ? AND model_event = ? AND type = ? AND iter != ?"
-    params: tuple[Any, ...] = (task_id, int(model_events), SCALAR, SINGLE_VALUE_ITERATION)
-    result: dict[str, dict[str, dict[str, Any]]] = {}
-    with store.reading() as conn:
-        series = conn.exec_driver_sql(
-            f"SELECT metric, variant, COUNT(*), MIN({column}), MAX({column}) FROM events WHERE {where}"
-            " GROUP BY metric, variant ORDER BY metric, variant",
-            params,
-        ).fetchall()
-        for metric, variant, count, low, high in series:
-            if not _wanted(filter_, metric, variant):
-                continue
-            one = (*params, metric, variant)
-            if count <= samples:
-                rows = conn.exec_driver_sql(
-                    f"SELECT {column}, value FROM events WHERE {where} AND metric = ? AND variant = ?"
-                    f" ORDER BY {column}, iter",
-                    one,
-                ).fetchall()
-            else:
-                width = max(1, math.ceil((high - low + 1) / samples))
-                rows = conn.exec_driver_sql(
-                    f"SELECT ? + (({column} - ?) / ?) * ? AS bucket, AVG(value) FROM events"
-                    f" WHERE {where} AND metric = ? AND variant = ? GROUP BY bucket ORDER BY bucket",
-                    (low, low, width, width, *one),
-                ).fetchall()
-            xs = [row[0] for row in rows]
-            if key == "iso_time":
-                xs = [_iso(int(x)) for x in xs]
-            result.setdefault(metric, {})[variant] = {"name": variant, "x": xs, "y": [row[1] for row in rows]}
-    return result
-
-
-def _histogram_args(body: dict[str, Any]) -> tuple[str, int]:
+def _histogram_args(body: dict[str, Any]) -> tuple[Any, int]:
     key = opt_str(body, "key", "iter") or "iter"
-    if key not in ("iter", "timestamp", "iso_time"):
-        raise validation_error("field 'key' must be one of iter, timestamp, iso_time")
-    return key, _positive(body, "samples", DEFAULT_HISTOGRAM_SAMPLES)
+    if key not in HISTOGRAM_KEYS:
+        raise validation_error(f"field 'key' must be one of {', '.join(HISTOGRAM_KEYS)}")
+    return key, _positive(body, "samples", DEFAULT_HISTOGRAM_SAMPLES, MAX_HISTOGRAM_SAMPLES)
 
 
 @endpoint("events.scalar_metrics_iter_histogram")
 def scalar_metrics_iter_histogram(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
-    """Scalars of a task as ``{metric: {variant: {name, x, y}}}``, averaged into ``samples`` buckets."""
+    """Scalars of a task as ``{metric: {variant: {name, x, y}}}``, at most ``samples`` points each.
+
+    ``samples``: 1 to 6000, default 2000; ``key``: ``iter`` (default), ``timestamp``, ``iso_time``
+    (see :func:`~clearml_local.event_store.scalar_histogram`).
+    """
     task_id = require_str(body, "task")
     model_events = opt_bool(body, "model_events")
     _require_owner(ctx, task_id, model_events)
     key, samples = _histogram_args(body)
-    return _histogram(ctx.store, task_id, key, samples, model_events, _metric_filter(body))
+    return scalar_histogram(ctx.store, task_id, key, samples, model_events, _metric_filter(body))
 
 
 @endpoint("events.multi_task_scalar_metrics_iter_histogram")
@@ -619,10 +212,12 @@ def multi_task_scalar_metrics_iter_histogram(ctx: RequestContext, body: dict[str
     task_ids = str_list(body, "tasks", required=True)
     model_events = opt_bool(body, "model_events")
     key, samples = _histogram_args(body)
+    metrics_filter = _metric_filter(body)
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     for task_id in task_ids:
         owner = _require_owner(ctx, task_id, model_events)
-        for metric, variants in _histogram(ctx.store, task_id, key, samples, model_events, None).items():
+        histogram = scalar_histogram(ctx.store, task_id, key, samples, model_events, metrics_filter)
+        for metric, variants in histogram.items():
             for variant, curve in variants.items():
                 curve = dict(curve, name=owner.get("name", task_id))
                 metrics.setdefault(metric, {}).setdefault(variant, {})[task_id] = curve
@@ -686,20 +281,18 @@ def get_scalar_metric_data(ctx: RequestContext, body: dict[str, Any]) -> dict[st
     limit = -1 if opt_bool(body, "no_scroll") else MAX_BATCH_SIZE
     where = "task = ? AND model_event = ? AND type = ? AND metric = ?"
     params: tuple[Any, ...] = (task_id, int(model_events), SCALAR, metric)
-    after = state.get("after")  # (variant, iter) of the last event returned
+    after = _scroll_after(state, (str, int))  # (variant, iter) of the last event returned
     with ctx.store.reading() as conn:
         total = conn.exec_driver_sql(f"SELECT COUNT(*) FROM events WHERE {where}", params).scalar_one()
         if after is not None:
-            if not isinstance(after, list) or len(after) != 2:
-                raise bad_request("Invalid scroll id for this request")
             where, params = where + " AND (variant, iter) > (?, ?)", (*params, *after)
         rows = conn.exec_driver_sql(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY variant, iter LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY variant, iter LIMIT ?",
             (*params, limit),
         ).fetchall()
     after = [rows[-1][4], rows[-1][5]] if rows else after
     return {
-        "events": [_event_dict(row) for row in rows],
+        "events": [event_dict(row) for row in rows],
         "returned": len(rows),
         "total": total,
         "scroll_id": _encode_scroll({"k": "metric_data", "t": task_id, "after": after}),
@@ -767,7 +360,11 @@ def get_task_events(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]
     )
     if order == "desc":
         tables.reverse()
-    phase, after = int(state.get("phase", 0)), state.get("after")
+    phase = _scroll_int(state, "phase")
+    if phase >= len(tables):
+        raise bad_request("Invalid scroll id for this request")
+    after_types = (int,) if tables[phase] == "event_logs" else (str, str, str, int)
+    after = _scroll_after(state, after_types)
     events: list[dict[str, Any]] = []
     total = 0
     with ctx.store.reading() as conn:
@@ -783,12 +380,10 @@ def get_task_events(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]
             is_log = table == "event_logs"
             key = ["seq"] if is_log else ["type", "metric", "variant", "iter"]
             if index == phase and after is not None:
-                if not isinstance(after, list) or len(after) != len(key):
-                    raise bad_request("Invalid scroll id for this request")
                 marks = ", ".join("?" * len(key))
                 where += f" AND ({', '.join(key)}) {'>' if order == 'asc' else '<'} ({marks})"
                 params.extend(after)
-            columns, to_dict = (_LOG_COLUMNS, _log_dict) if is_log else (_EVENT_COLUMNS, _event_dict)
+            columns, to_dict = (LOG_COLUMNS, log_dict) if is_log else (EVENT_COLUMNS, event_dict)
             rows = conn.exec_driver_sql(
                 f"SELECT {columns} FROM {table} WHERE {where}"
                 f" ORDER BY {', '.join(f'{k} {order.upper()}' for k in key)} LIMIT ?",
@@ -818,8 +413,8 @@ def get_task_log(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
     if order not in ("asc", "desc"):
         raise validation_error("field 'order' must be asc or desc")
     from_ts = body.get("from_timestamp")
-    if from_ts is not None and (isinstance(from_ts, bool) or not isinstance(from_ts, int | float)):
-        raise validation_error("field 'from_timestamp' must be a number")
+    if from_ts is not None and not (_is_int64(from_ts) or (type(from_ts) is float and abs(from_ts) < 2**63)):
+        raise validation_error("field 'from_timestamp' must be milliseconds since 1970 (a 64-bit number)")
     where, params = "task = ?", [task_id]
     if from_ts is not None:
         where += " AND timestamp < ?" if earlier else " AND timestamp > ?"
@@ -830,11 +425,11 @@ def get_task_log(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
             "SELECT COUNT(*) FROM event_logs WHERE task = ?", (task_id,)
         ).scalar_one()
         rows = conn.exec_driver_sql(
-            f"SELECT {_LOG_COLUMNS} FROM event_logs WHERE {where}"
+            f"SELECT {LOG_COLUMNS} FROM event_logs WHERE {where}"
             f" ORDER BY timestamp {direction}, seq {direction} LIMIT ?",
             (*params, size),
         ).fetchall()
-    events = [_log_dict(row) for row in rows]
+    events = [log_dict(row) for row in rows]
     if (earlier and order == "asc") or (not earlier and order == "desc"):
         events.reverse()
     return {"events": events, "returned": len(events), "total": total}
@@ -846,10 +441,12 @@ def clear_task_log(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
     task_id = require_str(body, "task")
     _require_owner(ctx, task_id, False)
     threshold = opt_int(body, "threshold_sec")
+    if threshold is not None and not 0 <= threshold <= MAX_THRESHOLD_SEC:
+        raise validation_error(f"field 'threshold_sec' must be from 0 to {MAX_THRESHOLD_SEC}")
     where, params = "task = ?", [task_id]
     if threshold:
         where += " AND timestamp < ?"
-        params.append(max(int((time.time() - threshold) * 1000), -(2**63)))  # SQLite: 64-bit
+        params.append(int((time.time() - threshold) * 1000))
     with ctx.store.transaction() as tx:
         deleted = tx.conn.exec_driver_sql(f"DELETE FROM event_logs WHERE {where}", tuple(params)).rowcount
     return {"deleted": max(deleted, 0)}
@@ -873,12 +470,7 @@ def delete_for_model(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any
     model_id = require_str(body, "model")
     _require_owner(ctx, model_id, True)
     with ctx.store.transaction() as tx:
-        deleted = 0
-        for table in ("events", "event_logs"):
-            result = tx.conn.exec_driver_sql(
-                f"DELETE FROM {table} WHERE task = ? AND model_event = 1", (model_id,)
-            )
-            deleted += max(result.rowcount, 0)
+        deleted = delete_task_events(tx, [model_id], model_events=True)
     return {"deleted": bool(deleted)}
 
 
@@ -896,20 +488,20 @@ def _latest_iterations_events(
     seen: dict[tuple[str, str], list[int]] = defaultdict(list)
     with store.reading() as conn:
         rows = conn.exec_driver_sql(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE task = ? AND model_event = ? AND type = ?"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE task = ? AND model_event = ? AND type = ?"
             " ORDER BY metric, variant, iter DESC",
             (task_id, int(model_events), etype),
         )
         for row in rows:
             metric, variant, iteration = row[3], row[4], row[5]
-            if not _wanted(filter_, metric, variant):
+            if not wanted(filter_, metric, variant):
                 continue
             kept = seen[(metric, variant)]
             if iteration not in kept:
                 if len(kept) >= iters:
                     continue
                 kept.append(iteration)
-            result.append(_event_dict(row))
+            result.append(event_dict(row))
     return result
 
 
@@ -925,7 +517,7 @@ def get_task_plots(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         page, offset = plots, len(plots)
     else:
         state = _decode_scroll(opt_str(body, "scroll_id"), "plots", task_id) or {"offset": 0}
-        start = int(state["offset"])
+        start = _scroll_int(state, "offset")
         page = plots[start : start + PLOTS_PAGE_SIZE]
         offset = start + len(page)
     return {
@@ -955,15 +547,19 @@ def debug_images(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         if scroll_id and not opt_bool(body, "refresh")
         else None
     )
-    bounds: dict[str, int] = dict((state or {}).get("bounds", {}))
+    bounds = (state or {}).get("bounds", {})
+    if not isinstance(bounds, dict) or not all(_is_int64(v) for v in bounds.values()):
+        raise bad_request("Invalid scroll id for this request")
     response_metrics = []
     with ctx.store.reading() as conn:
         for item in requested:
             if not isinstance(item, dict) or not isinstance(item.get("task"), str):
-                raise validation_error("every item of 'metrics' needs a 'task'")
+                raise validation_error("every item of 'metrics' needs a 'task' (a string)")
             task_id, metric = item["task"], item.get("metric")
+            if metric is not None and not isinstance(metric, str):
+                raise validation_error("field 'metrics.metric' must be a string")
             _require_owner(ctx, task_id, model_events)
-            variants = set(item.get("variants") or [])
+            variants = set(_strings(item, "variants", "metrics"))
             key = f"{task_id}\n{metric or ''}"
             where, params = "task = ? AND model_event = ? AND type = ?", [task_id, int(model_events), IMAGE]
             if metric:
@@ -975,7 +571,7 @@ def debug_images(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
                 )
             direction = "DESC" if earlier else "ASC"
             rows = conn.exec_driver_sql(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where}"
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where}"
                 f" ORDER BY iter {direction}, metric, variant",
                 tuple(params),
             )
@@ -985,7 +581,7 @@ def debug_images(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
                     continue
                 if row[5] not in iterations and len(iterations) >= iters:
                     break
-                iterations.setdefault(row[5], []).append(_event_dict(row))
+                iterations.setdefault(row[5], []).append(event_dict(row))
             if iterations:
                 bounds[key] = list(iterations)[-1]
             response_metrics.append(

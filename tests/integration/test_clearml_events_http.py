@@ -88,3 +88,24 @@ def test_error_envelopes(api: tuple[str, requests.Session]) -> None:
     call(api, "events.get_task_log", {"task": task_id, "order": "sideways"}, expect=400)
     call(api, "events.get_task_events", {"task": task_id, "scroll_id": "not-a-scroll"}, expect=400)
     call(api, "events.scalar_metrics_iter_histogram", {}, expect=400)
+
+
+def test_out_of_range_event_answers_400_and_the_rest_is_read_back(api: tuple[str, requests.Session]) -> None:
+    base, http = api
+    task_id = new_task(api)
+    stamps = [1_765_000_000_000, 1_765_000_000_000_000, 1_765_000_000_002]  # the 2nd in microseconds
+    events = [
+        {**json.loads(line), "timestamp": ts} for line, ts in zip(lines(task_id, 3), stamps, strict=True)
+    ]
+    raw = "\n".join(json.dumps(event) for event in events).encode()
+    reply = http.post(
+        f"{base}/events.add_batch", data=raw, headers={"Content-Type": "application/json-lines"}
+    )
+    meta = reply.json()["meta"]
+    assert reply.status_code == 400 and meta["result_subcode"] == 12, meta
+    assert "event 2: field 'timestamp'" in meta["result_msg"] and "the other 2 stored" in meta["result_msg"]
+    by_time = call(api, "events.scalar_metrics_iter_histogram", {"task": task_id, "key": "iso_time"})
+    assert by_time["data"]["m"]["v"]["x"] == ["2025-12-06T05:46:40.000Z", "2025-12-06T05:46:40.002Z"]
+    call(api, "events.scalar_metrics_iter_histogram", {"task": task_id, "metrics": "m"}, expect=400)
+    call(api, "events.scalar_metrics_iter_histogram", {"task": task_id, "samples": 6001}, expect=400)
+    call(api, "events.get_task_events", {"task": task_id, "batch_size": 2**70}, expect=400)

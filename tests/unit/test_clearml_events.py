@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from clearml.backend_api.services.v2_23 import events as sdk_events
 
-from clearml_local import events
+from clearml_local import event_ingest, events
 from clearml_local.api import ENDPOINTS, ApiError, RequestContext
 from clearml_local.store import Store, metric_hash
 
@@ -50,7 +50,7 @@ def call(store: Store, name: str, body: dict[str, Any] | None = None, raw: bytes
 
 def scalar(task: str, it: int, value: float, metric: str = "loss", variant: str = "train", **extra: Any):
     return {"type": "training_stats_scalar", "task": task, "iter": it, "metric": metric, "variant": variant,
-            "value": value, "timestamp": 1_000_000 + it, **extra}  # fmt: skip
+            "value": value, "timestamp": 1_000_000 + max(it, 0), **extra}  # fmt: skip
 
 
 def json_lines(items: list[dict[str, Any]]) -> bytes:
@@ -256,7 +256,7 @@ def test_nan_is_stored_as_null_and_ignored_in_metrics(store: Store) -> None:
 
 
 def test_events_of_a_task_deleted_during_ingest_are_dropped(store: Store) -> None:
-    batch = events._Batch(store, worker=None)  # validated while the task exists...
+    batch = event_ingest._Batch(store, worker=None)  # validated while the task exists...
     batch.add(scalar("t2", 0, 1.0), 0)
     with store.transaction() as tx:  # ...deleted before the batch's transaction opens
         tx.delete("tasks", "t2")
@@ -264,6 +264,7 @@ def test_events_of_a_task_deleted_during_ingest_are_dropped(store: Store) -> Non
     assert (result.added, result.errors) == (0, 1)
     with store.reading() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM events WHERE task = 't2'").scalar_one() == 0
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM event_series WHERE task = 't2'").scalar_one() == 0
 
 
 def test_every_events_endpoint_answers_in_the_sdk_schema(store: Store) -> None:
