@@ -7,7 +7,8 @@ Where a client's data is (first match wins):
 3. the ``data-dir`` the server sends in its train config (simulation: all clients share one disk).
 
 Weights travel packed into one vector (``federated.transport``: exact, and far fewer objects for
-Flower to move). Everything else (model, epochs, image size, learning rate...) comes from the server
+Flower to move), or with ``update_dtype=fp16`` as a float16 vector plus an exact one for the integer
+buffers. Everything else (model, epochs, image size, learning rate...) comes from the server
 in each train message's ConfigRecord: the flat :class:`~federated.config.FederatedConfig` plus Flower's
 ``server-round`` and, for FedProx, ``proximal-mu``.
 """
@@ -113,7 +114,7 @@ def train(message: Message, context: Context) -> Message:
     if result.optimizer_state is not None:
         state = {name: Array(array) for name, array in result.optimizer_state.items()}
         context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(array_dict=state)
-    packed = pack(result.weights)
+    packed = pack(result.weights, config.update_dtype)
     metrics = MetricRecord(
         {
             METRIC_EXAMPLES: result.num_examples,

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from federated.transport import UPDATE_DTYPES
+
 Scalar = bool | int | float | str
 
 #: The strategies a run can use (each one is Flower's own class, see ``federated/strategies.py``).
@@ -146,6 +148,14 @@ class FederatedConfig:
             "weights a client sends: 'ema' (ultralytics' exponential moving average, what it would ship) "
             "or 'raw' (the optimizer's last weights)",
             choices=SEND_WEIGHTS,
+        ),
+    )
+    update_dtype: str = field(
+        default="fp32",
+        metadata=_meta(
+            "weights on the wire, both ways: 'fp32' (exact) or 'fp16' (half the bytes; integer buffers "
+            "stay exact; the server aggregates in fp32)",
+            choices=UPDATE_DTYPES,
         ),
     )
     device: str = field(

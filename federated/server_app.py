@@ -108,6 +108,7 @@ def serve(grid: Grid, settings: ServerSettings) -> list[dict[str, Any]]:
         config.max_update_norm,
         templates=templates,
         buffers=yolo_task.buffer_mask(template),
+        update_dtype=config.update_dtype,
     )
     if settings.resume_round >= 0:
         checkpoint = rd.load_checkpoint(run_dir, settings.resume_round or None)

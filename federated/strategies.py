@@ -18,6 +18,10 @@ long-running federated job needs around it, without touching the aggregation mat
 * **strategy state**: server-side optimizer state (FedAvgM momentum, FedAdam/FedYogi moments) can
   be exported and restored, so a resumed run continues exactly;
 * **round record**: per client examples, train loss and seconds, and payload bytes sent and received;
+* **wire dtype**: with ``update_dtype="fp16"`` the weights broadcast to the clients are encoded as
+  float16 (``federated.transport.pack``) after the inner strategy built its messages, and each reply
+  is widened back to the exact float32 vector before the inner strategy aggregates it: every
+  strategy, and its server-side state, works in float32;
 * **statistics are averaged, not optimized**: Flower's server optimizers (FedAvgM, FedAdam, FedYogi)
   step every array of the model, BatchNorm's running mean and variance included: server momentum or
   a server learning rate above 1 overshoots a running variance (it can turn negative) and ruins
@@ -52,7 +56,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from federated.config import FederatedConfig
-from federated.transport import PackError, pack, unpack
+from federated.transport import PackError, pack, unpack, widen
 
 LOG = logging.getLogger(__name__)
 
@@ -266,6 +270,8 @@ class GuardedStrategy(Strategy):
         buffers: per model array, whether it is a statistic rather than a trainable parameter
             (BatchNorm running mean/variance, ``num_batches_tracked``): with a server optimizer
             (:data:`SERVER_OPTIMIZERS`) these are averaged instead of stepped. ``None``: none marked.
+        update_dtype: the wire form of the weights (``federated.transport.UPDATE_DTYPES``); ``fp16``
+            needs ``templates``.
     """
 
     def __init__(
@@ -276,8 +282,12 @@ class GuardedStrategy(Strategy):
         round_offset: int = 0,
         templates: list[np.ndarray] | None = None,
         buffers: list[bool] | None = None,
+        update_dtype: str = "fp32",
     ):
+        if update_dtype != "fp32" and templates is None:
+            raise ValueError(f"update_dtype={update_dtype!r} needs the model's templates (packed weights)")
         self.inner = inner
+        self.update_dtype = update_dtype
         self.templates = templates
         self.buffers = list(buffers) if buffers is not None and any(buffers) else None
         self.min_clients = min_clients
@@ -303,6 +313,9 @@ class GuardedStrategy(Strategy):
         self._reference = self._model_arrays(arrays)
         self._array_keys = list(arrays.keys())
         messages = list(self.inner.configure_train(true_round, arrays, config, grid))
+        if self.update_dtype != "fp32" and messages:
+            self._encode_broadcast(messages)
+            self._array_keys = list(next(iter(messages[0].content.array_records.values())).keys())
         self.current.bytes_sent = sum(
             payload_bytes(record) for message in messages for record in message.content.array_records.values()
         )
@@ -361,10 +374,25 @@ class GuardedStrategy(Strategy):
             )
         accepted.sort(key=lambda item: (item[0], item[1]))
         ordered = [item[2] for item in accepted]
+        if self.update_dtype != "fp32":  # aggregate in float32, whatever travelled
+            for message in ordered:
+                received = message.content.array_records[REPLY_ARRAYS].to_numpy_ndarrays()
+                message.content[REPLY_ARRAYS] = ArrayRecord(widen(received, self.templates))
         arrays, metrics = self.inner.aggregate_train(true_round, ordered)
         if arrays is not None and self._averages_buffers:
             arrays = self._average_buffers(arrays, [(item[3], item[4]) for item in accepted])
         return arrays, metrics
+
+    def _encode_broadcast(self, messages: list[Message]) -> None:
+        """Replace the weights in the inner strategy's train messages by their ``update_dtype`` form."""
+        encoded: dict[int, ArrayRecord] = {}
+        for message in messages:
+            content = message.content
+            for name, record in list(content.array_records.items()):
+                if id(record) not in encoded:  # Flower's strategies share one RecordDict among messages
+                    wire = ArrayRecord(pack(self._model_arrays(record), self.update_dtype))
+                    encoded[id(record)] = encoded[id(wire)] = wire
+                content[name] = encoded[id(record)]
 
     @property
     def _averages_buffers(self) -> bool:
