@@ -272,6 +272,13 @@ class GuardedStrategy(Strategy):
             (:data:`SERVER_OPTIMIZERS`) these are averaged instead of stepped. ``None``: none marked.
         update_dtype: the wire form of the weights (``federated.transport.UPDATE_DTYPES``); ``fp16``
             needs ``templates``.
+        nonnegative: per model array, whether it cannot be negative (BatchNorm's running variance):
+            the aggregate is clamped at 0 there. A no-op for a mean of real variances; differential
+            privacy's noise (``federated.privacy``) would otherwise turn small variances negative
+            (NaN activations). Clamping is post-processing: it costs no privacy.
+        uniform_weights: every accepted client weighs the same in the inner strategy's mean (its
+            ``num-examples`` is passed on as 1; ``metrics.jsonl`` keeps the true count): central
+            differential privacy calibrates its noise for that mean (``federated.privacy``).
     """
 
     def __init__(
@@ -283,11 +290,15 @@ class GuardedStrategy(Strategy):
         templates: list[np.ndarray] | None = None,
         buffers: list[bool] | None = None,
         update_dtype: str = "fp32",
+        uniform_weights: bool = False,
+        nonnegative: list[bool] | None = None,
     ):
         if update_dtype != "fp32" and templates is None:
             raise ValueError(f"update_dtype={update_dtype!r} needs the model's templates (packed weights)")
         self.inner = inner
         self.update_dtype = update_dtype
+        self.uniform_weights = uniform_weights
+        self.nonnegative = list(nonnegative) if nonnegative is not None and any(nonnegative) else None
         self.templates = templates
         self.buffers = list(buffers) if buffers is not None and any(buffers) else None
         self.min_clients = min_clients
@@ -378,10 +389,30 @@ class GuardedStrategy(Strategy):
             for message in ordered:
                 received = message.content.array_records[REPLY_ARRAYS].to_numpy_ndarrays()
                 message.content[REPLY_ARRAYS] = ArrayRecord(widen(received, self.templates))
+        if self.uniform_weights:
+            for message in ordered:
+                reported = message.content.metric_records[REPLY_METRICS]
+                message.content[REPLY_METRICS] = MetricRecord({**dict(reported), METRIC_EXAMPLES: 1})
         arrays, metrics = self.inner.aggregate_train(true_round, ordered)
         if arrays is not None and self._averages_buffers:
             arrays = self._average_buffers(arrays, [(item[3], item[4]) for item in accepted])
+        if arrays is not None and self.nonnegative is not None:
+            arrays = self._clamp_nonnegative(arrays)
         return arrays, metrics
+
+    def _clamp_nonnegative(self, arrays: ArrayRecord) -> ArrayRecord:
+        """``arrays`` with the arrays marked ``nonnegative`` clamped at 0 (see the constructor)."""
+        assert self.nonnegative is not None
+        model = self._model_arrays(arrays)
+        negative = [i for i, flag in enumerate(self.nonnegative) if flag and (model[i] < 0).any()]
+        if not negative:
+            return arrays
+        for index in negative:
+            model[index] = np.maximum(model[index], 0).astype(model[index].dtype)
+        result = ArrayRecord(pack(model) if self.templates is not None else model)
+        if isinstance(getattr(self.inner, "current_arrays", None), ArrayRecord):
+            self.inner.current_arrays = result
+        return result
 
     def _encode_broadcast(self, messages: list[Message]) -> None:
         """Replace the weights in the inner strategy's train messages by their ``update_dtype`` form."""

@@ -7,6 +7,7 @@ resume tests; each further test starts one more short simulation.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -123,3 +124,31 @@ def test_fp16_updates_halve_the_bytes_and_keep_counters_exact(
     assert counters and all(fp16_final.weights[k].dtype == fp32_final.weights[k].dtype for k in counters)
     assert all(np.array_equal(fp16_final.weights[k], fp32_final.weights[k]) for k in counters)
     assert all(v.dtype != np.float16 for v in fp16_final.weights.values())  # the server keeps fp32
+
+
+@pytest.mark.parametrize("dp", ["central-adaptive", "local"])
+def test_differential_privacy_reports_epsilon_every_round(fl_data_dir: Path, tmp_path: Path, dp: str) -> None:
+    """Flower's DP wrapper (central) or the client's clip-and-noise (local); epsilon from dp-accounting."""
+    from federated import privacy
+    from federated.config import FederatedConfig
+    from tests.fixtures.federated import run_federate_command
+
+    run = tmp_path / "run"
+    privacy_settings = [f"dp={dp}", "noise_multiplier=0.05", "clipping_norm=20", "target_delta=1e-4"]
+    settings = ["rounds=2", "imgsz=64", "batch=4", "nbs=4", "workers=0", "device=cpu", *privacy_settings]
+    argv = ["federate", "--data", str(fl_data_dir), "--out", str(run)]
+    for item in settings:
+        argv += ["--set", item]
+    assert run_federate_command(argv) == 0
+    rows = rd.read_metrics(run)
+    config = FederatedConfig.load(run / rd.CONFIG_FILE)
+    assert [row["dp"] for row in rows] == [dp, dp]
+    assert [row["epsilon"] for row in rows] == [privacy.epsilon_spent(config, r) for r in (1, 2)]
+    assert 0 < rows[0]["epsilon"] < rows[1]["epsilon"] and rows[1]["target_delta"] == 1e-4
+    assert all(c["status"] == "ok" for row in rows for c in row["clients"])
+    if dp == "central-adaptive":
+        # no update reached norm 20: the norm shrinks toward the median update norm, exp(-0.2 x 0.5)
+        assert rows[0]["clipping_norm"] == pytest.approx(20 * math.exp(-0.1), rel=0.03)
+    final = rd.load_checkpoint(run)
+    assert all(np.isfinite(v).all() for v in final.weights.values())
+    assert all((v >= 0).all() for k, v in final.weights.items() if k.endswith("running_var"))
