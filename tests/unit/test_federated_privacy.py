@@ -140,3 +140,13 @@ def test_noise_never_leaves_a_negative_running_variance() -> None:
     var, other = unpack(arrays.to_numpy_ndarrays(), model)
     assert (var >= 0).all() and (var == 0).any()  # clamped where the noise crossed 0
     assert (other < 0).any()  # unmarked arrays keep their noise
+
+
+def test_final_table_shows_epsilon_only_for_private_runs() -> None:
+    from federated.report import final_table
+
+    row = {"round": 1, "map50_95": 0.1, "map50": 0.2, "train_loss": 1.0, "round_seconds": 3.0}
+    assert "epsilon" not in final_table([row])
+    table = final_table([{**row, "epsilon": 4.7321}, {**row, "round": 2, "epsilon": 6.5}]).splitlines()
+    assert table[0].split()[-1] == "epsilon"
+    assert [line.split()[-1] for line in table[2:]] == ["4.732", "6.500"]
