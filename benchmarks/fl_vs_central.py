@@ -10,7 +10,10 @@ partitions, so a seed fixes the evaluation images). Then:
   :func:`central_baselines`); all splits share the same union, so it is trained once;
 * **federated**: ``run_federated`` with each strategy (FedAvg on IID; FedAvg, FedAvgM and FedProx on
   the non-IID split by default), ``rounds`` rounds of ``local_epochs`` epochs per client, once per
-  ``--optimizer-states`` entry (``keep`` runs are reported as ``STRATEGY+keep``).
+  ``--optimizer-states`` entry (``keep`` runs are reported as ``STRATEGY+keep``) and once per
+  ``--update-dtypes`` entry (``fp16`` runs are reported as ``STRATEGY+fp16``; each run reports the
+  megabytes each client received and sent per round, and with several dtypes the split's
+  ``update_dtypes`` entry compares them with the first: bytes ratio and relative mAP50-95 change).
 
 Both are evaluated on the held-out split with ultralytics' validator. The ratios
 ``federated mAP50-95 / central mAP50-95`` are compared with the targets (>= 0.95 IID, >= 0.90
@@ -35,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from federated.runtime import configure_offline
 
 TARGETS = {"iid": 0.95, "non-iid": 0.90}
+#: Below this mAP50-95 a relative change between two runs says nothing (nothing learned yet).
+MIN_COMPARABLE_MAP = 0.05
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="reset",
         help="each strategy runs once per optimizer_state (reset: stateless clients; keep: each client keeps "
         "its optimizer state across rounds, reported as STRATEGY+keep)",
+    )
+    parser.add_argument(
+        "--update-dtypes",
+        default="fp32",
+        help="each strategy runs once per update_dtype (fp32, fp16: reported as STRATEGY+fp16), same seeds",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra FederatedConfig overrides"
@@ -172,9 +182,46 @@ def federated_run(config: Any, data_dir: Path, out: Path, engine: str) -> dict[s
         "map50": last["map50"],
         "map50_95": last["map50_95"],
         "rounds": len(result.rows),
+        "mb_per_client_round": megabytes_per_client_round(result.rows),
         "seconds": round(time.perf_counter() - start, 1),
         "map50_95_per_round": [round(row["map50_95"], 4) for row in result.rows],
     }
+
+
+def megabytes_per_client_round(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean payload megabytes (1e6 bytes) one client received (the broadcast) and sent per round."""
+    received = [row["bytes_sent"] / len(row["clients"]) for row in rows if row["clients"]]
+    sent = [
+        row["bytes_received"] / sum(1 for c in row["clients"] if c["status"] != "failed")
+        for row in rows
+        if any(c["status"] != "failed" for c in row["clients"])
+    ]
+    return {
+        "received": round(sum(received) / len(received) / 1e6, 3) if received else 0.0,
+        "sent": round(sum(sent) / len(sent) / 1e6, 3) if sent else 0.0,
+    }
+
+
+def compare_update_dtypes(federated: dict[str, dict[str, Any]], dtypes: list[str]) -> dict[str, Any]:
+    """Each ``STRATEGY+DTYPE`` run against the same strategy with the first dtype (bytes, mAP50-95)."""
+    comparison: dict[str, Any] = {}
+    base_dtype = dtypes[0]
+    for name, run in federated.items():
+        base_name, _, dtype = name.rpartition("+")
+        if dtype not in dtypes[1:] or base_name not in federated:
+            continue
+        base = federated[base_name]
+        base_map = base["map50_95"]
+        comparison[name] = {
+            "against": f"{base_name} ({base_dtype})",
+            "mb_sent_per_client_round": run["mb_per_client_round"]["sent"],
+            "bytes_ratio": round(run["mb_per_client_round"]["sent"] / base["mb_per_client_round"]["sent"], 4),
+            "map50_95": run["map50_95"],
+            "map50_95_relative_change": (
+                round(run["map50_95"] / base_map - 1, 4) if base_map >= MIN_COMPARABLE_MAP else None
+            ),
+        }
+    return comparison
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,16 +285,19 @@ def main(argv: list[str] | None = None) -> int:
             "target_ratio": TARGETS[kind],
         }
         strategies = args.iid_strategies if kind == "iid" else args.non_iid_strategies
+        dtypes = comma_list(args.update_dtypes)
         runs = [
-            (strategy, state)
+            (strategy, state, dtype)
             for strategy in comma_list(strategies)
             for state in comma_list(args.optimizer_states)
+            for dtype in dtypes
         ]
-        for strategy, state in runs:
+        for strategy, state, dtype in runs:
             name = strategy if state == "reset" else f"{strategy}+{state}"
+            name = name if dtype == dtypes[0] else f"{name}+{dtype}"
             run_dir = out / f"fed-{split.replace(':', '-')}-{name.replace('+', '-')}"
             shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own previous output
-            run_config = config.replace(strategy=strategy, optimizer_state=state)
+            run_config = config.replace(strategy=strategy, optimizer_state=state, update_dtype=dtype)
             fed = federated_run(run_config, data_dir, run_dir, args.engine)
             fed["ratio"] = {
                 name: round(fed["map50_95"] / central["map50_95"], 4) if central["map50_95"] > 0 else None
@@ -258,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             entry["federated"][name] = fed
             print(json.dumps({"progress": split, "strategy": name, **fed}), file=sys.stderr, flush=True)
+        if len(dtypes) > 1:
+            entry["update_dtypes"] = compare_update_dtypes(entry["federated"], dtypes)
         report["splits"][split] = entry
     print(json.dumps(report, indent=1))
     return 0

@@ -614,6 +614,7 @@ def _report_new_rounds(fed: _Federation) -> None:
                 "round_seconds",
                 "bytes_sent",
                 "bytes_received",
+                "epsilon",
             )
         }
         rollback = rollback_of(row)
@@ -669,6 +670,8 @@ def report_round(task: Task, row: Mapping[str, Any]) -> None:
     scalar("round", "eval_seconds", row.get("eval_seconds"))
     scalar("bytes", "sent", row.get("bytes_sent"))
     scalar("bytes", "received", row.get("bytes_received"))
+    scalar("privacy", "epsilon", row.get("epsilon"))  # dp != none: epsilon at target_delta so far
+    scalar("privacy", "clipping_norm", row.get("clipping_norm"))
     rollback = rollback_of(row)
     scalar("rollback", "rolled_back", 1.0 if rollback else 0.0)
     if rollback:

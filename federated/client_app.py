@@ -7,7 +7,8 @@ Where a client's data is (first match wins):
 3. the ``data-dir`` the server sends in its train config (simulation: all clients share one disk).
 
 Weights travel packed into one vector (``federated.transport``: exact, and far fewer objects for
-Flower to move). Everything else (model, epochs, image size, learning rate...) comes from the server
+Flower to move), or with ``update_dtype=fp16`` as a float16 vector plus an exact one for the integer
+buffers. Everything else (model, epochs, image size, learning rate...) comes from the server
 in each train message's ConfigRecord: the flat :class:`~federated.config.FederatedConfig` plus Flower's
 ``server-round`` and, for FedProx, ``proximal-mu``.
 """
@@ -25,7 +26,7 @@ from typing import Any  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-from federated import yolo_task  # noqa: E402
+from federated import privacy, yolo_task  # noqa: E402
 from federated.config import FederatedConfig  # noqa: E402
 from federated.strategies import (  # noqa: E402
     METRIC_EXAMPLES,
@@ -101,8 +102,9 @@ def train(message: Message, context: Context) -> Message:
     data_yaml = resolve_data_yaml(dict(context.node_config), settings)
     server_round = int(settings.get("server-round", 0))
     partition_id = _partition_id(context)
+    global_weights = _global_weights(message, config, data_yaml)
     result = yolo_task.train_local(
-        _global_weights(message, config, data_yaml),
+        global_weights,
         data_yaml,
         config,
         seed=yolo_task.round_seed(config.seed, server_round, partition_id),
@@ -113,7 +115,10 @@ def train(message: Message, context: Context) -> Message:
     if result.optimizer_state is not None:
         state = {name: Array(array) for name, array in result.optimizer_state.items()}
         context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(array_dict=state)
-    packed = pack(result.weights)
+    weights = result.weights
+    if config.dp == "local":  # clip and noise before anything leaves the client
+        weights = privacy.privatize_update(weights, global_weights, config)
+    packed = pack(weights, config.update_dtype)
     metrics = MetricRecord(
         {
             METRIC_EXAMPLES: result.num_examples,

@@ -10,6 +10,7 @@ Every error is a :class:`ConfigError` (a ``ValueError``) that names the key and,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from federated.model_yaml import ModelYamlError, check_model
+from federated.transport import UPDATE_DTYPES
 
 Scalar = bool | int | float | str
 
@@ -40,6 +42,10 @@ OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSPro
 SEND_WEIGHTS: tuple[str, ...] = ("ema", "raw")
 OPTIMIZER_STATES: tuple[str, ...] = ("reset", "keep")
 IMAGE_CACHES: tuple[str, ...] = ("none", "disk", "ram")
+#: Differential privacy modes (``federated/privacy.py``): Flower's server-side DP wrappers, or local DP.
+DP_MODES: tuple[str, ...] = ("none", "central-fixed", "central-adaptive", "local")
+#: Strategies whose aggregate is the plain mean that central DP's noise is calibrated for.
+CENTRAL_DP_STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox")
 #: Flower 1.42's hard-coded poll interval (seconds) of SuperNodes and of the ServerApp's grid.
 FLOWER_POLL_INTERVAL = 3.0
 #: FleetFL's default poll interval (seconds) in the deployment engine (config key ``poll_interval``).
@@ -151,6 +157,14 @@ class FederatedConfig:
             choices=SEND_WEIGHTS,
         ),
     )
+    update_dtype: str = field(
+        default="fp32",
+        metadata=_meta(
+            "weights on the wire, both ways: 'fp32' (exact) or 'fp16' (half the bytes; integer buffers "
+            "stay exact; the server aggregates in fp32)",
+            choices=UPDATE_DTYPES,
+        ),
+    )
     device: str = field(
         default="", metadata=_meta("torch device for clients and evaluation ('' = auto, 'cpu', '0')")
     )
@@ -212,6 +226,43 @@ class FederatedConfig:
             minimum=0.0,
         ),
     )
+    # --- differential privacy
+    dp: str = field(
+        default="none",
+        metadata=_meta(
+            "differential privacy: 'central-fixed' / 'central-adaptive' (the server clips each update to "
+            "clipping_norm, fixed or adapted each round, averages them unweighted and adds Gaussian noise), "
+            "'local' (each client clips and noises its own update), 'none'",
+            choices=DP_MODES,
+        ),
+    )
+    noise_multiplier: float = field(
+        default=1.0,
+        metadata=_meta(
+            "DP noise standard deviation as a multiple of clipping_norm (central: of clipping_norm / "
+            "min_clients)",
+            minimum=0.0,
+            exclusive_min=True,
+        ),
+    )
+    clipping_norm: float = field(
+        default=10.0,
+        metadata=_meta(
+            "DP: L2 bound of one client's update (the packed weights minus the global ones); "
+            "central-adaptive: its initial value",
+            minimum=0.0,
+            exclusive_min=True,
+        ),
+    )
+    target_delta: float = field(
+        default=1e-5,
+        metadata=_meta(
+            "DP: delta at which the spent epsilon is reported (about 1 / number of clients or less)",
+            minimum=0.0,
+            maximum=0.5,
+            exclusive_min=True,
+        ),
+    )
     rollback_threshold: float = field(
         default=0.0,
         metadata=_meta(
@@ -244,6 +295,20 @@ class FederatedConfig:
             raise ConfigError(
                 f"krum_byzantine: Krum with {self.krum_byzantine} malicious client(s) needs "
                 f"min_clients >= {2 * self.krum_byzantine + 3}, got {self.min_clients}"
+            )
+        if self.dp.startswith("central") and self.strategy not in CENTRAL_DP_STRATEGIES:
+            raise ConfigError(
+                f"dp: {self.dp} calibrates its noise for the plain mean of clipped updates; strategy "
+                f"{self.strategy!r} aggregates otherwise "
+                f"(use {' or '.join(CENTRAL_DP_STRATEGIES)}, or dp=local)"
+            )
+        if self.dp == "central-adaptive" and self.noise_multiplier >= self.min_clients / 10:
+            # Flower's adaptive clipping spends noise of std min_clients/20 on the clipped count, and
+            # the whole budget must exceed it (Andrew et al. 2021)
+            raise ConfigError(
+                f"noise_multiplier: dp=central-adaptive with min_clients={self.min_clients} needs "
+                f"noise_multiplier < min_clients / 10 = {self.min_clients / 10:g}, "
+                f"got {self.noise_multiplier:g} (more clients per round, or dp=central-fixed)"
             )
 
     # ------------------------------------------------------------------ conversions
@@ -366,6 +431,9 @@ def _convert(spec: dataclasses.Field[Any], value: Any, source: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-5' (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     elif kind is str:

@@ -71,9 +71,12 @@ def progress_bar(done: int, total: int, width: int = 24) -> str:
 
 
 def final_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A short table of every round: mAP figures, train loss, seconds, megabytes moved."""
-    columns = ("round", "mAP50-95", "mAP50", "loss", "seconds", "MB sent", "MB recv")
-    widths = (5, 8, 6, 7, 7, 7, 7)
+    """A short table of every round: mAP figures, train loss, seconds, megabytes moved (and DP epsilon)."""
+    private = any(row.get("epsilon") is not None for row in rows)
+    columns = ("round", "mAP50-95", "mAP50", "loss", "seconds", "MB sent", "MB recv") + (
+        ("epsilon",) if private else ()
+    )
+    widths = (5, 8, 6, 7, 7, 7, 7) + ((8,) if private else ())
     header = "  ".join(f"{name:>{width}}" for name, width in zip(columns, widths, strict=True))
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -82,5 +85,6 @@ def final_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{row['round']:>5}  {row.get('map50_95', 0.0):>8.3f}  {row.get('map50', 0.0):>6.3f}  "
             f"{(f'{loss:.3f}' if loss is not None else '-'):>7}  {row.get('round_seconds', 0.0):>7.1f}  "
             f"{row.get('bytes_sent', 0) / 1e6:>7.1f}  {row.get('bytes_received', 0) / 1e6:>7.1f}"
+            + (f"  {row.get('epsilon') or 0.0:>8.3f}" if private else "")
         )
     return "\n".join(lines)

@@ -28,8 +28,8 @@ from typing import Any  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
+from federated import privacy, yolo_task  # noqa: E402
 from federated import run_dir as rd  # noqa: E402
-from federated import yolo_task  # noqa: E402
 from federated.config import FederatedConfig  # noqa: E402
 from federated.flower_polling import prompt_grid  # noqa: E402
 from federated.report import plot_rounds  # noqa: E402
@@ -103,11 +103,14 @@ def serve(grid: Grid, settings: ServerSettings) -> list[dict[str, Any]]:
 
     templates = yolo_task.get_weights(template)
     strategy = GuardedStrategy(
-        build_strategy(config),
+        privacy.wrap_strategy(build_strategy(config), config),
         config.min_clients,
         config.max_update_norm,
         templates=templates,
         buffers=yolo_task.buffer_mask(template),
+        update_dtype=config.update_dtype,
+        uniform_weights=privacy.is_central(config),
+        nonnegative=[key.endswith("running_var") for key in keys],
     )
     if settings.resume_round >= 0:
         checkpoint = rd.load_checkpoint(run_dir, settings.resume_round or None)
@@ -221,6 +224,7 @@ def _finish_round(
         "strategy": config.strategy,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         **rollback,
+        **_privacy_spent(strategy, config, record.server_round),
     }
     rd.save_checkpoint(
         run_dir,
@@ -238,6 +242,21 @@ def _finish_round(
     rd.append_metrics(run_dir, row)
     plot_rounds(rd.read_metrics(run_dir), run_dir / rd.PLOT_FILE)
     return row
+
+
+def _privacy_spent(strategy: GuardedStrategy, config: FederatedConfig, server_round: int) -> dict[str, Any]:
+    """The DP columns of a metrics row: mode, epsilon at target_delta after this round, clipping norm."""
+    if config.dp == "none":
+        return {}
+    clipping = config.clipping_norm
+    if privacy.is_central(config):  # the adaptive wrapper moves it every round
+        clipping = privacy.clipping_norm_now(strategy.inner) or clipping
+    return {
+        "dp": config.dp,
+        "epsilon": privacy.epsilon_spent(config, server_round),
+        "target_delta": config.target_delta,
+        "clipping_norm": clipping,
+    }
 
 
 def rollback_target(

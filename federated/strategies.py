@@ -18,6 +18,10 @@ long-running federated job needs around it, without touching the aggregation mat
 * **strategy state**: server-side optimizer state (FedAvgM momentum, FedAdam/FedYogi moments) can
   be exported and restored, so a resumed run continues exactly;
 * **round record**: per client examples, train loss and seconds, and payload bytes sent and received;
+* **wire dtype**: with ``update_dtype="fp16"`` the weights broadcast to the clients are encoded as
+  float16 (``federated.transport.pack``) after the inner strategy built its messages, and each reply
+  is widened back to the exact float32 vector before the inner strategy aggregates it: every
+  strategy, and its server-side state, works in float32;
 * **statistics are averaged, not optimized**: Flower's server optimizers (FedAvgM, FedAdam, FedYogi)
   step every array of the model, BatchNorm's running mean and variance included: server momentum or
   a server learning rate above 1 overshoots a running variance (it can turn negative) and ruins
@@ -52,7 +56,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from federated.config import FederatedConfig
-from federated.transport import PackError, pack, unpack
+from federated.transport import PackError, pack, unpack, widen
 
 LOG = logging.getLogger(__name__)
 
@@ -266,6 +270,15 @@ class GuardedStrategy(Strategy):
         buffers: per model array, whether it is a statistic rather than a trainable parameter
             (BatchNorm running mean/variance, ``num_batches_tracked``): with a server optimizer
             (:data:`SERVER_OPTIMIZERS`) these are averaged instead of stepped. ``None``: none marked.
+        update_dtype: the wire form of the weights (``federated.transport.UPDATE_DTYPES``); ``fp16``
+            needs ``templates``.
+        nonnegative: per model array, whether it cannot be negative (BatchNorm's running variance):
+            the aggregate is clamped at 0 there. A no-op for a mean of real variances; differential
+            privacy's noise (``federated.privacy``) would otherwise turn small variances negative
+            (NaN activations). Clamping is post-processing: it costs no privacy.
+        uniform_weights: every accepted client weighs the same in the inner strategy's mean (its
+            ``num-examples`` is passed on as 1; ``metrics.jsonl`` keeps the true count): central
+            differential privacy calibrates its noise for that mean (``federated.privacy``).
     """
 
     def __init__(
@@ -276,8 +289,16 @@ class GuardedStrategy(Strategy):
         round_offset: int = 0,
         templates: list[np.ndarray] | None = None,
         buffers: list[bool] | None = None,
+        update_dtype: str = "fp32",
+        uniform_weights: bool = False,
+        nonnegative: list[bool] | None = None,
     ):
+        if update_dtype != "fp32" and templates is None:
+            raise ValueError(f"update_dtype={update_dtype!r} needs the model's templates (packed weights)")
         self.inner = inner
+        self.update_dtype = update_dtype
+        self.uniform_weights = uniform_weights
+        self.nonnegative = list(nonnegative) if nonnegative is not None and any(nonnegative) else None
         self.templates = templates
         self.buffers = list(buffers) if buffers is not None and any(buffers) else None
         self.min_clients = min_clients
@@ -303,6 +324,9 @@ class GuardedStrategy(Strategy):
         self._reference = self._model_arrays(arrays)
         self._array_keys = list(arrays.keys())
         messages = list(self.inner.configure_train(true_round, arrays, config, grid))
+        if self.update_dtype != "fp32" and messages:
+            self._encode_broadcast(messages)
+            self._array_keys = list(next(iter(messages[0].content.array_records.values())).keys())
         self.current.bytes_sent = sum(
             payload_bytes(record) for message in messages for record in message.content.array_records.values()
         )
@@ -361,10 +385,45 @@ class GuardedStrategy(Strategy):
             )
         accepted.sort(key=lambda item: (item[0], item[1]))
         ordered = [item[2] for item in accepted]
+        if self.update_dtype != "fp32":  # aggregate in float32, whatever travelled
+            for message in ordered:
+                received = message.content.array_records[REPLY_ARRAYS].to_numpy_ndarrays()
+                message.content[REPLY_ARRAYS] = ArrayRecord(widen(received, self.templates))
+        if self.uniform_weights:
+            for message in ordered:
+                reported = message.content.metric_records[REPLY_METRICS]
+                message.content[REPLY_METRICS] = MetricRecord({**dict(reported), METRIC_EXAMPLES: 1})
         arrays, metrics = self.inner.aggregate_train(true_round, ordered)
         if arrays is not None and self._averages_buffers:
             arrays = self._average_buffers(arrays, [(item[3], item[4]) for item in accepted])
+        if arrays is not None and self.nonnegative is not None:
+            arrays = self._clamp_nonnegative(arrays)
         return arrays, metrics
+
+    def _clamp_nonnegative(self, arrays: ArrayRecord) -> ArrayRecord:
+        """``arrays`` with the arrays marked ``nonnegative`` clamped at 0 (see the constructor)."""
+        assert self.nonnegative is not None
+        model = self._model_arrays(arrays)
+        negative = [i for i, flag in enumerate(self.nonnegative) if flag and (model[i] < 0).any()]
+        if not negative:
+            return arrays
+        for index in negative:
+            model[index] = np.maximum(model[index], 0).astype(model[index].dtype)
+        result = ArrayRecord(pack(model) if self.templates is not None else model)
+        if isinstance(getattr(self.inner, "current_arrays", None), ArrayRecord):
+            self.inner.current_arrays = result
+        return result
+
+    def _encode_broadcast(self, messages: list[Message]) -> None:
+        """Replace the weights in the inner strategy's train messages by their ``update_dtype`` form."""
+        encoded: dict[int, ArrayRecord] = {}
+        for message in messages:
+            content = message.content
+            for name, record in list(content.array_records.items()):
+                if id(record) not in encoded:  # Flower's strategies share one RecordDict among messages
+                    wire = ArrayRecord(pack(self._model_arrays(record), self.update_dtype))
+                    encoded[id(record)] = encoded[id(wire)] = wire
+                content[name] = encoded[id(record)]
 
     @property
     def _averages_buffers(self) -> bool:

@@ -7,6 +7,7 @@ resume tests; each further test starts one more short simulation.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,57 @@ def test_failed_client_below_min_clients_stops_with_last_checkpoint_intact(
     assert rd.list_checkpoints(run) == [1]
     assert rd.checkpoint_paths(run, 1)[0].read_bytes() == before
     assert [row["round"] for row in rd.read_metrics(run)] == [1]
+
+
+def test_fp16_updates_halve_the_bytes_and_keep_counters_exact(
+    fl_simulation_run: Path, fl_data_dir: Path, tmp_path: Path
+) -> None:
+    """``update_dtype=fp16``: the same run as ``fl_simulation_run`` (fp32) moves about half the bytes."""
+    from tests.fixtures.federated import run_federate_command
+
+    run = tmp_path / "run"
+    settings = ["rounds=2", "imgsz=64", "batch=4", "nbs=4", "workers=0", "device=cpu", "min_clients=2"]
+    argv = ["federate", "--data", str(fl_data_dir), "--out", str(run)]
+    for item in [*settings, "update_dtype=fp16"]:
+        argv += ["--set", item]
+    assert run_federate_command(argv) == 0
+    half, full = rd.read_metrics(run), rd.read_metrics(fl_simulation_run)
+    assert [row["round"] for row in half] == [1, 2]
+    for fp16_row, fp32_row in zip(half, full, strict=True):
+        assert all(c["status"] == "ok" for c in fp16_row["clients"])
+        for key in ("bytes_sent", "bytes_received"):
+            assert 0.45 < fp16_row[key] / fp32_row[key] < 0.55, (key, fp16_row[key], fp32_row[key])
+        assert 0.0 <= fp16_row["map50_95"] <= 1.0
+    fp16_final, fp32_final = rd.load_checkpoint(run), rd.load_checkpoint(fl_simulation_run)
+    counters = [k for k in fp32_final.weights if k.endswith("num_batches_tracked")]
+    assert counters and all(fp16_final.weights[k].dtype == fp32_final.weights[k].dtype for k in counters)
+    assert all(np.array_equal(fp16_final.weights[k], fp32_final.weights[k]) for k in counters)
+    assert all(v.dtype != np.float16 for v in fp16_final.weights.values())  # the server keeps fp32
+
+
+@pytest.mark.parametrize("dp", ["central-adaptive", "local"])
+def test_differential_privacy_reports_epsilon_every_round(fl_data_dir: Path, tmp_path: Path, dp: str) -> None:
+    """Flower's DP wrapper (central) or the client's clip-and-noise (local); epsilon from dp-accounting."""
+    from federated import privacy
+    from federated.config import FederatedConfig
+    from tests.fixtures.federated import run_federate_command
+
+    run = tmp_path / "run"
+    privacy_settings = [f"dp={dp}", "noise_multiplier=0.05", "clipping_norm=20", "target_delta=1e-4"]
+    settings = ["rounds=2", "imgsz=64", "batch=4", "nbs=4", "workers=0", "device=cpu", *privacy_settings]
+    argv = ["federate", "--data", str(fl_data_dir), "--out", str(run)]
+    for item in settings:
+        argv += ["--set", item]
+    assert run_federate_command(argv) == 0
+    rows = rd.read_metrics(run)
+    config = FederatedConfig.load(run / rd.CONFIG_FILE)
+    assert [row["dp"] for row in rows] == [dp, dp]
+    assert [row["epsilon"] for row in rows] == [privacy.epsilon_spent(config, r) for r in (1, 2)]
+    assert 0 < rows[0]["epsilon"] < rows[1]["epsilon"] and rows[1]["target_delta"] == 1e-4
+    assert all(c["status"] == "ok" for row in rows for c in row["clients"])
+    if dp == "central-adaptive":
+        # no update reached norm 20: the norm shrinks toward the median update norm, exp(-0.2 x 0.5)
+        assert rows[0]["clipping_norm"] == pytest.approx(20 * math.exp(-0.1), rel=0.03)
+    final = rd.load_checkpoint(run)
+    assert all(np.isfinite(v).all() for v in final.weights.values())
+    assert all((v >= 0).all() for k, v in final.weights.items() if k.endswith("running_var"))

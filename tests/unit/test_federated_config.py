@@ -30,6 +30,10 @@ def test_default_file_and_pyproject_table_equal_the_dataclass(repo_root: Path) -
     assert {k: table[k] for k in RUN_KEYS} == RUN_KEYS
 
 
+def test_exponent_floats_without_a_dot_are_read_as_numbers() -> None:
+    assert FederatedConfig.load(None, ["target_delta=1e-4"]).target_delta == 1e-4
+
+
 def test_set_overrides_and_save_load(tmp_path: Path) -> None:
     config = FederatedConfig.load(None, ["rounds=5", "strategy=fedavgm", "server_momentum=0.5", "device="])
     assert (config.rounds, config.strategy, config.server_momentum, config.device) == (5, "fedavgm", 0.5, "")
