@@ -273,7 +273,7 @@ class _Batch:
         if not isinstance(event, dict):
             raise _EventError("event must be a JSON object")
         etype = event.get("type")
-        if etype not in EVENT_TYPES:
+        if not isinstance(etype, str) or etype not in EVENT_TYPES:
             raise _EventError(f"unknown event type {etype!r}")
         task_id = event.get("task")
         if not isinstance(task_id, str) or not task_id:
