@@ -439,6 +439,16 @@ def run_pipeline(
     return collect_outputs(pipe)
 
 
+def pipeline_page_url(pipeline_id: str, web_host: str | None = None) -> str:
+    """The web page of a pipeline run, the link ``PipelineController`` prints (clearml 2.1.12):
+    ``{web}/pipelines/<controller's project id>/experiments/<controller task id>``."""
+    from clearml import Task
+
+    web = (web_host or os.environ.get("CLEARML_WEB_HOST") or "").rstrip("/")
+    project = Task.get_task(task_id=pipeline_id).project or "*"
+    return f"{web}/pipelines/{project}/experiments/{pipeline_id}"
+
+
 def collect_outputs(pipe: Any) -> dict[str, Any]:
     """Each step's return value, read back from the step tasks' artifacts."""
     from clearml import Task
