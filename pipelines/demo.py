@@ -61,7 +61,8 @@ DEMO_PARAMETERS: dict[str, Any] = {
 #: Agents per queue: 2 HPO trials at a time, each a server and 2 clients; ``services`` runs the
 #: monitor and, beside it, the evaluation of the second candidate.
 DEMO_AGENTS: dict[str, int] = {"services": 2, "fl-server": 1, "fl-clients": 4, "hpo": 2}
-MONITOR_WAIT_S = 180.0
+#: How long the monitor watches for its two decisions (it ends as soon as it has both).
+MONITOR_WAIT_S = 300.0
 #: The worse candidate the monitor must refuse: the final run's round-1 checkpoint (a run cut short).
 CUT_SHORT_ARTIFACT = "checkpoint-round-0001"
 ENDED = ("completed", "failed", "stopped", "closed", "published")
