@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -102,7 +103,7 @@ def pipeline_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) ->
 def pipeline_run(pipeline_queues: dict[str, str]) -> dict:
     """One tiny pipeline run: 16 images at 64 px, 2 clients, 2 HPO trials of 1 round, 1 final round."""
     project = f"fleetfl-test/pipeline-{uuid.uuid4().hex[:6]}"
-    outputs = fp.run_pipeline(
+    params = fp.check_parameters(
         {
             "source": "synthetic:16",
             "clients": 2,
@@ -120,7 +121,8 @@ def pipeline_run(pipeline_queues: dict[str, str]) -> dict:
             **pipeline_queues,
         }
     )
-    return {**outputs, "project": project}
+    outputs = fp.run_pipeline(params)
+    return {**outputs, "project": project, "params": params}
 
 
 def _iterations(task_id: str, title: str, series: str) -> list[int]:
@@ -212,6 +214,40 @@ def test_cloned_federate_task_runs_the_edited_number_of_rounds(pipeline_run: dic
     assert set(out["client_task_ids"]).isdisjoint(pipeline_run["federated"]["client_task_ids"])
 
 
+@pytest.mark.slow
+def test_demo_story_after_the_pipeline(pipeline_run: dict, pipeline_queues) -> None:
+    """What ``fleetfl demo`` does after the pipeline, on the same real run: the pipeline page link
+    is the one PipelineController printed; the final run's round-1 checkpoint (a run cut short)
+    is evaluated and registered by an ``evaluate_register`` task on an agent, and the monitor
+    decides it against the production model as its rule says."""
+    from clearml import Model, Task
+
+    from components.monitor import decide, should_roll_back
+    from pipelines.demo import CUT_SHORT_ARTIFACT, register_cut_short
+
+    pipeline_id, project = pipeline_run["pipeline_id"], pipeline_run["project"]
+    url = fp.pipeline_page_url(pipeline_id, web_host="http://web")
+    controller = Task.get_task(task_id=pipeline_id)
+    assert url == f"http://web/pipelines/{controller.project}/experiments/{pipeline_id}"
+    log = "\n".join(map(str, controller.get_reported_console_output(200)))
+    printed = re.search(r"ClearML pipeline page: (\S+)", log)  # what PipelineController logged
+    assert printed and printed.group(1).endswith(url.removeprefix("http://web")), log[-2000:]
+
+    first = decide(pipeline_run["candidate"]["model_id"], project=project)
+    assert first["decision"] == "first"
+    second = register_cut_short(
+        pipeline_run["params"], pipeline_run, queue=pipeline_queues["server_queue"], timeout_s=300
+    )
+    server = Task.get_task(task_id=pipeline_run["federated"]["server_task_id"])
+    assert second["weights"] == server.artifacts[CUT_SHORT_ARTIFACT].url
+    model = Model(model_id=second["model_id"])
+    assert model.tags == ["candidate"] and model.get_metadata("weights_source") == second["weights"]
+    assert float(model.get_metadata("map50_95")) == pytest.approx(second["map50_95"])
+    record = decide(second["model_id"], project=project, threshold=0.10)
+    refused = should_roll_back(second["map50_95"], first["candidate_map50_95"], 0.10)
+    assert record["decision"] == ("rolled_back" if refused else "promoted")
+
+
 def test_demo_summary_and_table(tmp_path) -> None:
     from pipelines.demo import DEMO_PARAMETERS, build_summary, format_table
 
@@ -226,7 +262,11 @@ def test_demo_summary_and_table(tmp_path) -> None:
         },
         "tuned": {
             "best_params": {"lr0": 0.01},
-            "trials": [{"task_id": "t1", "params": {"lr0": 0.01}, "map50_95": 0.1}],
+            "best_task_id": "t2" * 16,
+            "trials": [
+                {"task_id": "t1" * 16, "params": {"lr0": 0.001}, "map50_95": 0.02},
+                {"task_id": "t2" * 16, "params": {"lr0": 0.01}, "map50_95": 0.1},
+            ],
         },
         "federated": {
             "rounds": [
@@ -237,15 +277,32 @@ def test_demo_summary_and_table(tmp_path) -> None:
             "client_task_ids": ["c1", "c2"],
         },
         "candidate": {"model_id": "m" * 32, "map50_95": 0.1},
+        "final_run_params": {"lr0": 0.01},
     }
-    monitor = {"decision": "first", "production_model_id": "m" * 32, "monitor_task_id": "n" * 32}
+    alert = f"ALERT: candidate model {'w' * 32} rolled back: mAP50-95 0.0000 is 100.0% below production"
+    monitor = {
+        "decision": "first",
+        "production_model_id": "m" * 32,
+        "monitor_task_id": "n" * 32,
+        "challenger": {
+            "model_id": "w" * 32,
+            "map50_95": 0.0,
+            "decision": "rolled_back",
+            "relative_drop": 1.0,
+        },
+        "alert": alert,
+    }
     summary = build_summary(params, outputs, monitor, tmp_path / "clearml", tmp_path, 12.3)
     assert {"datasets", "best_params", "rounds", "model_id", "monitor_decision"} <= set(summary)
     assert summary["datasets"]["clients"] == ["a" * 32, "b" * 32] and summary["monitor_decision"] == "first"
     assert all({"round", "map50_95"} <= set(row) for row in summary["rounds"])
+    assert summary["second_candidate"]["decision"] == "rolled_back" and summary["alert"] == alert
+    assert summary["best_trial_id"] == "t2" * 16 and summary["final_run_params"] == {"lr0": 0.01}
     json.dumps(summary)  # JSON-able
     table = format_table(summary)
     assert "lr0=0.0100" in table and "rolled back to round 1" in table and "(20 images, 90 boxes)" in table
+    assert "0.1000  <- best" in table and "final run used      lr0=0.0100" in table
+    assert "refused it: production stays (100% below production)" in table and alert in table
 
 
 def test_enqueue_creates_a_queued_controller_with_every_parameter(clearml_server) -> None:
