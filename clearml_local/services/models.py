@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from clearml_local.api import (
@@ -29,7 +28,7 @@ from clearml_local.services.common import (
     upsert_metadata,
 )
 from clearml_local.services.projects import subproject_ids
-from clearml_local.store import new_id, utc_now
+from clearml_local.store import copy_doc, new_id, utc_now
 
 SUBCODE_MODEL_IS_READY = 202
 _STRING_FIELDS = ("name", "comment", "framework", "uri", "task", "project", "parent")
@@ -142,7 +141,7 @@ def _edit(ctx: RequestContext, body: dict) -> dict:
     model_id = require_str(body, "model")
     with ctx.store.transaction() as tx:
         model = load_for_update(tx, "models", model_id)
-        before = copy.deepcopy(model)
+        before = copy_doc(model)
         _apply(ctx, model, body)
         tx.put("models", model)
     fields = changed_fields(before, model)

@@ -133,6 +133,22 @@ def test_a_task_stored_deeply_nested_can_still_be_edited_and_pinged(api) -> None
     assert store.get("tasks", task["id"])["comment"] == "still editable"
 
 
+
+def test_a_model_stored_deeply_nested_can_still_be_edited(api) -> None:
+    """The same for models (``models.edit`` copied the model with ``copy.deepcopy``)."""
+    client, store = api
+    code, _, _ = post(client, "models.create", json.dumps({"name": "deep", "uri": "file:///m.pt"}))
+    assert code == 200
+    (model,) = store.all("models")
+    deep: Any = {}
+    for _ in range(600):
+        deep = {"k": deep}
+    with store.transaction() as tx:
+        tx.put("models", {**model, "design": deep})
+    edit = {"model": model["id"], "comment": "still editable"}
+    assert post(client, "models.edit", json.dumps(edit))[0] == 200
+    assert store.get("models", model["id"])["comment"] == "still editable"
+
 @pytest.mark.parametrize(
     ("text", "depth"),
     [
