@@ -38,8 +38,7 @@ async def projects(request: Request) -> Response:
 def _table_query(request: Request, project: str) -> dict[str, Any]:
     """The ``tasks.get_all`` body and the shown settings for the experiments table's query string."""
     q = request.query_params
-    metrics = [m.strip() for raw in q.getlist("metric") for m in raw.split(",") if m.strip()]
-    metrics = metrics[:8] or [views.DEFAULT_METRIC]
+    metrics = views.chosen_metrics(q.getlist("metric"))
     sort = q.get("sort") or "-last_update"
     field = sort.lstrip("-")
     if field.startswith("metric:"):
@@ -102,6 +101,7 @@ async def experiments(request: Request) -> Response:
         statuses=STATUSES,
         types=TASK_TYPES,
         query=request.query_params,
+        metric_query=views.metric_query(table["metrics"]),
         **table,
     )
 
@@ -111,7 +111,9 @@ async def task_page(request: Request) -> Response:
     gw = state(request).gateway
     task = await gw.task(request.path_params["task"])
     tab = views.tab_for_tail(request.path_params.get("tail", ""))
+    metrics = views.chosen_metrics(request.query_params.getlist("metric"))
     context: dict[str, Any] = {"task": task, "tab": tab, "base": _task_base(task)}
+    context.update(first_metrics=views.chart_titles_first(metrics), metric_query=views.metric_query(metrics))
     if tab in ("info", "execution"):
         context["project"] = await _project_name(request, task.get("project"))
         if task.get("parent"):
@@ -201,7 +203,10 @@ async def compare(request: Request) -> Response:
     tasks = []
     for task_id in ids:
         tasks.append(await gw.task(task_id))
-    return render(request, "compare.html", tasks=tasks, diff=views.param_diff(tasks), ids=ids)
+    first = views.chart_titles_first(views.chosen_metrics(request.query_params.getlist("metric")))
+    return render(
+        request, "compare.html", tasks=tasks, diff=views.param_diff(tasks), ids=ids, first_metrics=first
+    )
 
 
 @page
