@@ -98,6 +98,18 @@ def last_value(task: Mapping[str, Any], name: str) -> float | None:
     return entry.get("value") if entry else None
 
 
+def task_counts(
+    tasks: Iterable[Mapping[str, Any]], running: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[str, int]]:
+    """Per project id: ``{"total": n, "running": n}`` counted from two task lists."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, found in (("total", tasks), ("running", running)):
+        for task in found:
+            entry = counts.setdefault(str(task.get("project") or ""), {"total": 0, "running": 0})
+            entry[key] += 1
+    return counts
+
+
 def metric_summary(task: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every scalar the task reported with last/min/max, sorted by metric then variant."""
     rows = [

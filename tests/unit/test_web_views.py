@@ -154,3 +154,12 @@ def test_metric_values_format_bytes_in_mb_and_large_numbers_grouped() -> None:
     assert views.fmt_metric(0.25, "global", "map50_95") == "0.2500"
     assert views.fmt_number(86_296_431.0) == "86,296,431" and views.fmt_number(7) == "7"
     assert views.fmt_number(None) == "" and views.fmt_number(True) == "True"
+
+
+def test_task_counts_per_project() -> None:
+    tasks = [{"project": "a"}, {"project": "a"}, {"project": "b"}, {"project": None}]
+    assert views.task_counts(tasks, [{"project": "a"}]) == {
+        "a": {"total": 2, "running": 1},
+        "b": {"total": 1, "running": 0},
+        "": {"total": 1, "running": 0},
+    }
