@@ -142,20 +142,22 @@ function setupPlots() {
 function setupConsole() {
   const pre = document.getElementById("console");
   if (!pre) return;
-  let last = null;
-  const append = (lines) => {
-    for (const line of lines) {
-      pre.appendChild(document.createTextNode(line.msg.endsWith("\n") ? line.msg : `${line.msg}\n`));
-      last = line.timestamp;
-    }
-  };
+  // The server's cursor (last timestamp read + lines read at it), so a line written in the same
+  // millisecond as the last one shown is still fetched, and none is shown twice.
+  let cursor = null;
   const poll = async () => {
-    const url = last === null ? pre.dataset.source : `${pre.dataset.source}?after=${last}`;
+    const url = cursor === null || cursor.after === null
+      ? pre.dataset.source
+      : `${pre.dataset.source}?after=${encodeURIComponent(cursor.after)}&skip=${cursor.skip}`;
     try {
       const body = await getJSON(url);
-      append(body.lines);
-      if (last === null && !body.lines.length) pre.textContent = "";
-      if (["in_progress", "queued"].includes(body.status)) setTimeout(poll, 2000);
+      if (cursor === null) pre.textContent = "";
+      for (const line of body.lines) {
+        pre.appendChild(document.createTextNode(line.msg.endsWith("\n") ? line.msg : `${line.msg}\n`));
+      }
+      cursor = body.cursor;
+      if (body.more) setTimeout(poll, 0); // a full batch: read the next page now
+      else if (["in_progress", "queued"].includes(body.status)) setTimeout(poll, 2000);
     } catch (err) {
       pre.appendChild(document.createTextNode(`\n[console unavailable: ${err.message}]\n`));
     }
