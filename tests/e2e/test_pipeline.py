@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from pipelines import fleetfl_pipeline as fp
-from tests.e2e.conftest import EDITED_ROUNDS, reported_iterations
+from tests.e2e.conftest import EDITED_ROUNDS, SHARED_RUN_TEST_TIMEOUT_S, reported_iterations
 
 
 # ---------------------------------------------------------------------- fast: parameter checks
@@ -85,6 +85,7 @@ def test_cli_refuses_bad_parameters_before_any_task(clearml_server, capfd, actio
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SHARED_RUN_TEST_TIMEOUT_S)
 def test_full_pipeline_completes_with_every_task_parameter_and_scalar(completed_run: dict) -> None:
     from clearml import Model, Task
 
@@ -116,6 +117,7 @@ def test_full_pipeline_completes_with_every_task_parameter_and_scalar(completed_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SHARED_RUN_TEST_TIMEOUT_S)
 def test_federate_server_and_client_tasks_report_every_round(completed_run: dict) -> None:
     from clearml import Model, Task
 

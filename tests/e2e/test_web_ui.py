@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import EDITED_ROUNDS, reported_iterations, wait_ended
+from tests.e2e.conftest import EDITED_ROUNDS, SHARED_RUN_TEST_TIMEOUT_S, reported_iterations, wait_ended
 from tests.fixtures.browser import browser_login, wait_for
 from tests.fixtures.clearml import ClearMLServer
 
@@ -35,6 +35,7 @@ def _chart_x(driver, metric: str, variant: str) -> list:
 
 
 @pytest.mark.slow  # shares the package's pipeline run; adds one cloned federate run of 1 round
+@pytest.mark.timeout(SHARED_RUN_TEST_TIMEOUT_S)
 def test_new_run_clone_edit_enqueue_in_the_browser(
     chromium, clearml_server: ClearMLServer, completed_run: dict, screenshots_dir: Path
 ) -> None:
