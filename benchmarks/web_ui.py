@@ -10,7 +10,8 @@ events (10 variants, ingested through ``events.add_batch``), a logged-in browser
 * ``chart_data``: ``/data/tasks/<id>/scalars``, the request the Scalars tab makes (server-side
   downsampling to the chart's ``samples``), beside the same API call ``events.scalar_metrics_iter_
   histogram`` made directly, so the UI's own overhead shows as a ratio;
-* ``scalars_tab``: the Scalars tab page plus its chart data (what opening the tab costs).
+* ``scalars_tab``: the Scalars tab page plus its chart data (what opening the tab costs);
+* ``projects_page``: the projects list with each project's experiment counts (counted over every task).
 
 Targets (issue 11): table <= 300 ms p95 with 10,000 tasks; chart data <= 200 ms p95 for 250,000
 events (the event store's speed is measured and owned by ``server_throughput.py``).
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     "name_filter": _timed(web.get, f"{table}?name=bench-12&metric=val/mAP", args.repeats),
                     "all_projects": _timed(web.get, f"{base}/projects/*/experiments", args.repeats),
                 },
+                "projects_page": _timed(web.get, f"{base}/projects", args.repeats),
             }
             chart = _timed(web.get, f"{base}/data/tasks/{ids[1]}/scalars", args.repeats)
             body = {"task": ids[1], "key": "iter", "samples": 1000}

@@ -37,7 +37,11 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     env = templates.env
     env.filters.update(
-        number=views.fmt_number, time=views.fmt_time, duration=views.fmt_duration, urlquote=_quote
+        number=views.fmt_number,
+        metric_value=views.fmt_metric,
+        time=views.fmt_time,
+        duration=views.fmt_duration,
+        urlquote=_quote,
     )
     env.globals.update(
         TABS=views.TABS, last_value=views.last_value, duration_s=views.duration_s, with_query=with_query

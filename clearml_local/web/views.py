@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -63,6 +64,27 @@ def split_metric(name: str) -> tuple[str, str]:
     return (metric, variant) if sep else (name, name)
 
 
+def chosen_metrics(values: Iterable[str]) -> list[str]:
+    """The ``metric`` query values (each comma-separated) -> at most 8 names; ``DEFAULT_METRIC`` if none.
+
+    The experiments table shows them as columns; the Scalars and Compare charts put their titles first.
+    """
+    metrics = [m.strip() for raw in values for m in raw.split(",") if m.strip()]
+    return metrics[:8] or [DEFAULT_METRIC]
+
+
+def metric_query(metrics: list[str]) -> str:
+    """``?metric=...`` carrying non-default metric columns to the next page ("" for the default)."""
+    if metrics == [DEFAULT_METRIC]:
+        return ""
+    return "?" + urllib.parse.urlencode({"metric": ",".join(metrics)})
+
+
+def chart_titles_first(metrics: list[str]) -> str:
+    """The chart titles to draw first, comma-separated: those of the chosen metrics, in order."""
+    return ",".join(dict.fromkeys(split_metric(m)[0] for m in metrics))
+
+
 def metric_path(name: str) -> str:
     """The ``last_metrics`` path of a metric (for ``only_fields``/``order_by``)."""
     metric, variant = split_metric(name)
@@ -74,6 +96,18 @@ def last_value(task: Mapping[str, Any], name: str) -> float | None:
     metric, variant = split_metric(name)
     entry = ((task.get("last_metrics") or {}).get(metric_hash(metric)) or {}).get(metric_hash(variant))
     return entry.get("value") if entry else None
+
+
+def task_counts(
+    tasks: Iterable[Mapping[str, Any]], running: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[str, int]]:
+    """Per project id: ``{"total": n, "running": n}`` counted from two task lists."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, found in (("total", tasks), ("running", running)):
+        for task in found:
+            entry = counts.setdefault(str(task.get("project") or ""), {"total": 0, "running": 0})
+            entry[key] += 1
+    return counts
 
 
 def metric_summary(task: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -88,10 +122,24 @@ def metric_summary(task: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def fmt_number(value: Any) -> str:
-    """A metric value for a table cell."""
+    """A metric value for a table cell (4 decimals; thousands grouped, no decimals from 100,000)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "" if value is None else str(value)
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float) and abs(value) < 1e5:
+        return f"{value:.4f}"
+    return f"{value:,.0f}"
+
+
+def is_bytes(metric: str, variant: str) -> bool:
+    """Whether a scalar counts bytes (FleetFL's ``bytes``/``sent``; the charts draw these in MB too)."""
+    return "bytes" in metric.lower() or variant.lower().startswith("bytes_")
+
+
+def fmt_metric(value: Any, metric: str, variant: str) -> str:
+    """A scalar's value for the summary table: byte counters in MB, others as :func:`fmt_number`."""
+    if is_bytes(str(metric), str(variant)) and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value / 1e6:,.2f} MB"
+    return fmt_number(value)
 
 
 def fmt_time(value: Any) -> str:

@@ -4,9 +4,9 @@
 * the whole pipeline (version_data -> tune with 2 Optuna trials -> federate -> evaluate_register)
   completes on real clearml-agents, and every task is there with its parameters and scalars: the
   federate server task (per-round scalars, checkpoints, CA and address published, registered model)
-  and its client tasks;
-* cloning the federate server task, editing ``federated/rounds`` and enqueuing the clone runs the
-  edited number of rounds.
+  and its client tasks. The run is the package's one shared run (``pipeline_run`` in conftest.py,
+  started from the web UI); cloning its federate task, editing ``federated/rounds`` and enqueuing
+  the clone is checked in the browser by tests/e2e/test_web_ui.py.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from pipelines import fleetfl_pipeline as fp
-
-TINY_CONFIG = {"imgsz": 64, "batch": 4, "nbs": 4, "model": "yolov8n.yaml", "device": "cpu"}
+from tests.e2e.conftest import EDITED_ROUNDS, SHARED_RUN_TEST_TIMEOUT_S, reported_iterations
 
 
 # ---------------------------------------------------------------------- fast: parameter checks
@@ -83,65 +81,22 @@ def test_cli_refuses_bad_parameters_before_any_task(clearml_server, capfd, actio
 
 
 # ---------------------------------------------------------------------- slow: the whole pipeline
-@pytest.fixture(scope="module")
-def pipeline_queues(clearml_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Unique queues with one server agent, two client agents and one HPO agent."""
-    from tests.fixtures.clearml import fleet_agents
-
-    suffix = uuid.uuid4().hex[:6]
-    queues = {
-        "server_queue": f"p2e-srv-{suffix}",
-        "client_queue": f"p2e-cli-{suffix}",
-        "hpo_queue": f"p2e-hpo-{suffix}",
-    }
-    counts = {queues["server_queue"]: 1, queues["client_queue"]: 2, queues["hpo_queue"]: 1}
-    with fleet_agents(counts, tmp_path_factory.mktemp("p2e-agents")):
-        yield queues
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(pipeline_queues: dict[str, str]) -> dict:
-    """One tiny pipeline run: 16 images at 64 px, 2 clients, 2 HPO trials of 1 round, 1 final round."""
-    project = f"fleetfl-test/pipeline-{uuid.uuid4().hex[:6]}"
-    params = fp.check_parameters(
-        {
-            "source": "synthetic:16",
-            "clients": 2,
-            "data_imgsz": 64,
-            "rounds": 1,
-            "hpo_budget": 2,
-            "hpo_rounds": 1,
-            "config": json.dumps(TINY_CONFIG),
-            "search_space": {
-                "lr0": {"min": 0.005, "max": 0.02, "log": True},
-                "mosaic": {"values": [0.0, 1.0]},
-            },
-            "project": project,
-            "client_wait_s": 240,
-            **pipeline_queues,
-        }
-    )
-    outputs = fp.run_pipeline(params)
-    return {**outputs, "project": project, "params": params}
-
-
-def _iterations(task_id: str, title: str, series: str) -> list[int]:
-    from clearml import Task
-
-    scalars = Task.get_task(task_id=task_id).get_reported_scalars()
-    return [int(x) for x in scalars.get(title, {}).get(series, {}).get("x", [])]
+# The run itself is ``pipeline_run`` (tests/e2e/conftest.py): started once, from the web UI's New run,
+# with ``rounds`` edited to EDITED_ROUNDS; tests/e2e/test_web_ui.py clones its federate task.
 
 
 @pytest.mark.slow
-def test_full_pipeline_completes_with_every_task_parameter_and_scalar(pipeline_run: dict) -> None:
+@pytest.mark.timeout(SHARED_RUN_TEST_TIMEOUT_S)
+def test_full_pipeline_completes_with_every_task_parameter_and_scalar(completed_run: dict) -> None:
     from clearml import Model, Task
 
-    outputs, project = pipeline_run, pipeline_run["project"]
+    outputs, project = completed_run, completed_run["project"]
     # the controller and its four steps, each completed with its parameters
     controller = Task.get_task(task_id=outputs["pipeline_id"])
     args = controller.get_parameters_as_dict()[fp.PIPELINE_SECTION]
     assert set(fp.PARAMETERS) <= set(args)
     assert args["hpo_budget"] == "2" and args["project"] == project
+    assert args["rounds"] == str(EDITED_ROUNDS)  # the value edited in the New run form
     for step in ("version_data", "tune", "federate", "evaluate_register"):
         step_task = Task.get_task(task_id=outputs[f"{step}_task_id"])
         assert step_task.get_status() == "completed" and step_task.parent == controller.id
@@ -152,7 +107,7 @@ def test_full_pipeline_completes_with_every_task_parameter_and_scalar(pipeline_r
     tuned = outputs["tuned"]
     assert len(tuned["trials"]) == 2 and set(tuned["best_params"]) == {"lr0", "mosaic"}
     for trial in tuned["trials"]:
-        assert _iterations(trial["task_id"], "global", "map50_95") == [1]
+        assert reported_iterations(trial["task_id"], "global", "map50_95") == [1]
         trial_task = Task.get_task(task_id=trial["task_id"])
         assert float(trial_task.get_parameter("federated/lr0")) == pytest.approx(trial["params"]["lr0"])
     # evaluate_register: a candidate in the registry with its metrics
@@ -163,18 +118,20 @@ def test_full_pipeline_completes_with_every_task_parameter_and_scalar(pipeline_r
 
 
 @pytest.mark.slow
-def test_federate_server_and_client_tasks_report_every_round(pipeline_run: dict) -> None:
+@pytest.mark.timeout(SHARED_RUN_TEST_TIMEOUT_S)
+def test_federate_server_and_client_tasks_report_every_round(completed_run: dict) -> None:
     from clearml import Model, Task
 
     from components.federate import PROP_ADDRESS, PROP_CA_SHA256
 
-    federated, tuned = pipeline_run["federated"], pipeline_run["tuned"]
+    federated, tuned = completed_run["federated"], completed_run["tuned"]
     server = Task.get_task(task_id=federated["server_task_id"])
     assert server.get_status() == "completed"
     params = server.get_parameters_as_dict()
     assert params["General"]["role"] == "server" and params["federated"]["imgsz"] == "64"
     assert float(params["federated"]["lr0"]) == pytest.approx(tuned["best_params"]["lr0"])  # best params used
-    assert [r["round"] for r in federated["rounds"]] == [1]
+    every_round = list(range(1, EDITED_ROUNDS + 1))
+    assert [r["round"] for r in federated["rounds"]] == every_round
     for title, series in (
         ("global", "map50_95"),
         ("global", "map50"),
@@ -183,7 +140,7 @@ def test_federate_server_and_client_tasks_report_every_round(pipeline_run: dict)
         ("round", "round_seconds"),
         ("bytes", "sent"),
     ):
-        assert _iterations(server.id, title, series) == [1], (title, series)
+        assert reported_iterations(server.id, title, series) == every_round, (title, series)
     assert {"checkpoint-round-0001", "superlink-ca", "metrics.jsonl", "output"} <= set(server.artifacts)
     props = server.get_user_properties(value_only=True)
     assert props[PROP_ADDRESS].startswith("127.0.0.1:") and len(props[PROP_CA_SHA256]) == 64
@@ -191,31 +148,14 @@ def test_federate_server_and_client_tasks_report_every_round(pipeline_run: dict)
     for index, client_id in enumerate(federated["client_task_ids"]):
         client = Task.get_task(task_id=client_id)
         assert client.get_status() == "completed" and client.parent == server.id
-        assert client.get_parameter("General/dataset_id") == pipeline_run["datasets"]["clients"][index]
+        assert client.get_parameter("General/dataset_id") == completed_run["datasets"]["clients"][index]
     model = Model(model_id=federated["model_id"])
     assert model.url and model.task == server.id
 
 
 @pytest.mark.slow
-def test_cloned_federate_task_runs_the_edited_number_of_rounds(pipeline_run: dict, pipeline_queues) -> None:
-    from clearml import Task
-
-    from components.common import read_output
-    from components.federate import wait_for_task
-
-    source = pipeline_run["federated"]["server_task_id"]
-    clone = Task.clone(source_task=source, name="federate (edited: 2 rounds)")
-    clone.set_parameter("federated/rounds", 2)  # set_parameters would replace every parameter
-    Task.enqueue(clone, queue_name=pipeline_queues["server_queue"])
-    wait_for_task(clone.id, timeout_s=600)
-    out = read_output(clone.id)
-    assert [r["round"] for r in out["rounds"]] == [1, 2]
-    assert _iterations(clone.id, "global", "map50_95") == [1, 2]
-    assert set(out["client_task_ids"]).isdisjoint(pipeline_run["federated"]["client_task_ids"])
-
-
-@pytest.mark.slow
-def test_demo_story_after_the_pipeline(pipeline_run: dict, pipeline_queues) -> None:
+@pytest.mark.timeout(SHARED_RUN_TEST_TIMEOUT_S)
+def test_demo_story_after_the_pipeline(completed_run: dict) -> None:
     """What ``fleetfl demo`` does after the pipeline, on the same real run: the pipeline page link
     is the one PipelineController printed; the final run's round-1 checkpoint (a run cut short)
     is evaluated and registered by an ``evaluate_register`` task on an agent, and the monitor
@@ -225,7 +165,8 @@ def test_demo_story_after_the_pipeline(pipeline_run: dict, pipeline_queues) -> N
     from components.monitor import decide, should_roll_back
     from pipelines.demo import CUT_SHORT_ARTIFACT, register_cut_short
 
-    pipeline_id, project = pipeline_run["pipeline_id"], pipeline_run["project"]
+    run = completed_run
+    pipeline_id, project = run["pipeline_id"], run["project"]
     url = fp.pipeline_page_url(pipeline_id, web_host="http://web")
     controller = Task.get_task(task_id=pipeline_id)
     assert url == f"http://web/pipelines/{controller.project}/experiments/{pipeline_id}"
@@ -233,12 +174,11 @@ def test_demo_story_after_the_pipeline(pipeline_run: dict, pipeline_queues) -> N
     printed = re.search(r"ClearML pipeline page: (\S+)", log)  # what PipelineController logged
     assert printed and printed.group(1).endswith(url.removeprefix("http://web")), log[-2000:]
 
-    first = decide(pipeline_run["candidate"]["model_id"], project=project)
+    params = fp.check_parameters(controller.get_parameters_as_dict()["Args"])  # strings, as from the UI
+    first = decide(run["candidate"]["model_id"], project=project)
     assert first["decision"] == "first"
-    second = register_cut_short(
-        pipeline_run["params"], pipeline_run, queue=pipeline_queues["server_queue"], timeout_s=300
-    )
-    server = Task.get_task(task_id=pipeline_run["federated"]["server_task_id"])
+    second = register_cut_short(params, run, queue=run["queues"]["server"], timeout_s=300)
+    server = Task.get_task(task_id=run["federated"]["server_task_id"])
     assert second["weights"] == server.artifacts[CUT_SHORT_ARTIFACT].url
     model = Model(model_id=second["model_id"])
     assert model.tags == ["candidate"] and model.get_metadata("weights_source") == second["weights"]

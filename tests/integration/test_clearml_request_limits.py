@@ -133,7 +133,6 @@ def test_a_task_stored_deeply_nested_can_still_be_edited_and_pinged(api) -> None
     assert store.get("tasks", task["id"])["comment"] == "still editable"
 
 
-
 def test_a_model_stored_deeply_nested_can_still_be_edited(api) -> None:
     """The same for models (``models.edit`` copied the model with ``copy.deepcopy``)."""
     client, store = api
@@ -148,6 +147,7 @@ def test_a_model_stored_deeply_nested_can_still_be_edited(api) -> None:
     edit = {"model": model["id"], "comment": "still editable"}
     assert post(client, "models.edit", json.dumps(edit))[0] == 200
     assert store.get("models", model["id"])["comment"] == "still editable"
+
 
 @pytest.mark.parametrize(
     ("text", "depth"),

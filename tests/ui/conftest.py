@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.clearml import ClearMLServer, run_sdk_script
 
-#: A task like FleetFL's federate step: per-round ``global/map50_95``, a plot, console lines.
+#: A task like FleetFL's federate step: per-round ``global/map50_95`` and ``bytes``, a plot, console lines.
 REPORTING_TASK = r"""
 import json
 import numpy as np
@@ -25,6 +25,8 @@ logger = task.get_logger()
 for rnd in (1, 2, 3):
     logger.report_scalar("global", "map50_95", value=0.1 * rnd, iteration=rnd)
     logger.report_scalar("global", "map50", value=0.2 * rnd, iteration=rnd)
+    for variant in ("sent", "received"):  # flat and large, like FleetFL's per-round byte counts
+        logger.report_scalar("bytes", variant, value=86_296_431, iteration=rnd)
     print(f"round {rnd}: mAP50-95 {0.1 * rnd:.3f}")
 logger.report_scatter2d("pr_curve", "person", iteration=3, scatter=[[0, 1], [0.5, 0.8], [1, 0.2]],
                         xaxis="recall", yaxis="precision")

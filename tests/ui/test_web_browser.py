@@ -58,6 +58,31 @@ def test_login_chart_console_clone_edit_enqueue(
     by_name = {name: (x, y) for name, x, y in traces}
     assert by_name["map50_95"][0] == [1, 2, 3]
     assert by_name["map50_95"][1] == pytest.approx([0.1, 0.2, 0.3])
+    # The key metric's chart comes first ("bytes" sorts before "global" by name); bytes are in MB,
+    # and the flat bytes series gets distinct, unclipped y tick labels.
+    order = driver.execute_script(
+        "return [...document.querySelectorAll('.chart')].map(c => c.dataset.metric);"
+    )
+    assert order == ["global", "bytes"]
+    wait_for(
+        driver,
+        ec.presence_of_element_located((By.CSS_SELECTOR, '.chart[data-metric="bytes"] .ytick')),
+        "no ticks",
+    )
+    ticks = driver.execute_script(
+        "const c = document.querySelector('.chart[data-metric=\"bytes\"]');"
+        "const box = c.getBoundingClientRect();"
+        "return {y: c.data[0].y, title: c.layout.yaxis.title.text,"
+        " labels: [...c.querySelectorAll('.ytick text')]"
+        "   .map(t => [t.textContent, t.getBoundingClientRect().left - box.left])};"
+    )
+    assert ticks["title"] == "MB" and ticks["y"] == pytest.approx([86.296431] * 3)
+    labels = [text for text, _ in ticks["labels"]]
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+    assert all(left >= 0 for _, left in ticks["labels"]), ticks["labels"]  # not cut off on the left
+    assert all(sum(ch.isdigit() for ch in text) <= 4 for text in labels), labels  # not "86.29643M"
+    summary = driver.find_element(By.ID, "scalar-summary").text
+    assert "86.30 MB" in summary and "0.3000" in summary
     driver.save_screenshot(str(screenshots_dir / "03-scalars.png"))
 
     # Plots: the SDK's scatter, drawn by the wheel's plotly.js.

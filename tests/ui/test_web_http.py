@@ -215,3 +215,53 @@ def test_actions_follow_the_server_state_machine(
 def _status(web: httpx.Client, task_id: str) -> str:
     page = web.get(f"/projects/*/tasks/{task_id}").text
     return re.search(r'<h1>.*?<span class="status (\w+)">', page, re.S).group(1)
+
+
+def _add_log_lines(server: ClearMLServer, task_id: str, lines: list[tuple[int, str]]) -> None:
+    events = [
+        {"type": "log", "task": task_id, "timestamp": ts, "msg": msg, "level": "info"} for ts, msg in lines
+    ]
+    reply = httpx.post(
+        f"{server.api_host}/events.add_batch",
+        content="\n".join(json.dumps(e) for e in events),
+        headers={"Content-Type": "application/json-lines"},
+        auth=(server.access_key, server.secret_key),
+    ).json()
+    assert reply["data"]["added"] == len(events), reply
+
+
+def test_console_tail_reads_lines_sharing_a_millisecond_once(
+    clearml_server: ClearMLServer, web: httpx.Client
+) -> None:
+    from tests.fixtures.clearml import api_call
+
+    task_id = api_call(clearml_server, "tasks.create", {"name": "console-tail", "type": "training"})["data"][
+        "id"
+    ]
+    now = 1_765_000_000_000
+    _add_log_lines(clearml_server, task_id, [(now - 5, "first"), (now, "a0"), (now, "a1")])
+    login(clearml_server, web)
+    source = f"/data/tasks/{task_id}/console"
+
+    def read(cursor: dict | None) -> dict:
+        params = {} if cursor is None else {"after": cursor["after"], "skip": cursor["skip"]}
+        reply = web.get(source, params=params)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    first = read(None)
+    assert [line["msg"] for line in first["lines"]] == ["first", "a0", "a1"]
+    assert first["cursor"] == {"after": now, "skip": 2} and not first["more"]
+    # Written later in the same millisecond as the last line read, 600 of them (more than a batch).
+    _add_log_lines(clearml_server, task_id, [(now, f"b{i}") for i in range(600)] + [(now + 1, "c")])
+    shown, cursor, pages = [], first["cursor"], 0
+    while True:
+        page = read(cursor)
+        shown += [line["msg"] for line in page["lines"]]
+        cursor, pages = page["cursor"], pages + 1
+        if not page["more"]:
+            break
+    assert shown == [f"b{i}" for i in range(600)] + ["c"]  # every line once, in order, paged
+    assert pages >= 2 and cursor == {"after": now + 1, "skip": 1}
+    assert read(cursor)["lines"] == []  # nothing new: nothing repeated
+    assert web.get(source, params={"after": "soon"}).status_code == 400

@@ -144,3 +144,26 @@ def test_dataset_versions_and_lineage(clearml_server: ClearMLServer, web: httpx.
     printed = [m for line in console for m in re.findall(r"ClearML dataset page: (\S+)", line["msg"])]
     assert printed, console  # the link the SDK logs for a dataset version opens its page
     assert web.get(urllib.parse.urlsplit(printed[-1]).path).status_code == 200
+
+
+def test_projects_page_counts_each_projects_experiments(
+    clearml_server: ClearMLServer, web: httpx.Client
+) -> None:
+    project = _api(clearml_server, "projects.create", {"name": "web-ui-counted", "description": ""})["id"]
+    tasks = [
+        _api(
+            clearml_server, "tasks.create", {"name": f"counted-{n}", "type": "training", "project": project}
+        )["id"]
+        for n in range(3)
+    ]
+    _api(clearml_server, "tasks.started", {"task": tasks[0]})
+    _api(clearml_server, "tasks.archive", {"tasks": [tasks[2]]})  # archived: not in the table, not counted
+    login(clearml_server, web)
+    page = web.get("/projects").text
+    row = re.search(rf'<tr data-id="{project}">(.*?)</tr>', page, re.S)
+    assert row, page[-2000:]
+    assert re.findall(r'<td class="num">(\d+)</td>', row.group(1)) == ["2", "1"]  # experiments, running
+    everything = re.search(r'<tr id="all-projects">(.*?)</tr>', page, re.S).group(1)
+    shown = web.get("/projects/*/experiments", params={"size": 500}).text.count('<tr data-id="')
+    total = int(re.findall(r'<td class="num">(\d+)</td>', everything)[0])
+    assert total >= 2 and (total == shown or shown == 500)

@@ -137,3 +137,29 @@ def test_sessions_are_signed_expire_and_check_csrf() -> None:
     fresh, fresh_cookie = store.open()
     store.close(fresh)
     assert store.find(fresh_cookie) is None
+
+
+def test_chosen_metrics_order_the_charts_and_travel_in_links() -> None:
+    assert views.chosen_metrics([]) == [views.DEFAULT_METRIC]
+    assert views.chosen_metrics(["loss/train, global/map50", ""]) == ["loss/train", "global/map50"]
+    assert len(views.chosen_metrics([",".join(f"m{i}/v" for i in range(20))])) == 8
+    assert views.chart_titles_first(["global/map50_95", "loss/train", "global/map50"]) == "global,loss"
+    assert views.metric_query([views.DEFAULT_METRIC]) == ""
+    assert views.metric_query(["loss/train", "a b/c"]) == "?metric=loss%2Ftrain%2Ca+b%2Fc"
+
+
+def test_metric_values_format_bytes_in_mb_and_large_numbers_grouped() -> None:
+    assert views.fmt_metric(86_296_431.0, "bytes", "sent") == "86.30 MB"
+    assert views.fmt_metric(2_500_000, "round", "bytes_sent") == "2.50 MB"
+    assert views.fmt_metric(0.25, "global", "map50_95") == "0.2500"
+    assert views.fmt_number(86_296_431.0) == "86,296,431" and views.fmt_number(7) == "7"
+    assert views.fmt_number(None) == "" and views.fmt_number(True) == "True"
+
+
+def test_task_counts_per_project() -> None:
+    tasks = [{"project": "a"}, {"project": "a"}, {"project": "b"}, {"project": None}]
+    assert views.task_counts(tasks, [{"project": "a"}]) == {
+        "a": {"total": 2, "running": 1},
+        "b": {"total": 1, "running": 0},
+        "": {"total": 1, "running": 0},
+    }

@@ -16,47 +16,86 @@ function smooth(values, weight) {
   return values.map((v) => (last = last === null ? v : last * weight + (1 - weight) * v));
 }
 
+// Byte counters (FleetFL's "bytes" chart: sent/received per round) are drawn in MB.
+const isBytes = (metric, variant) => /bytes/i.test(metric) || /^bytes_/i.test(variant);
+const BYTES_PER_MB = 1e6;
+
+function yAxis(traces, unit) {
+  // automargin: long tick labels widen the margin instead of being clipped (clipped labels of a
+  // flat series read as "86297M, 62965M, ..."). A flat series gets +-5 % around its value, not
+  // plotly's +-1, which on large values gives ticks that differ only in their 7th digit.
+  const axis = { automargin: true, title: { text: unit }, hoverformat: unit ? ".2f" : undefined };
+  const ys = traces.flatMap((t) => t.y).filter((y) => Number.isFinite(y));
+  if (ys.length) {
+    const low = Math.min(...ys);
+    const high = Math.max(...ys);
+    if (high - low <= Math.abs(high) * 1e-6 && high !== 0) {
+      const pad = Math.abs(high) * 0.05;
+      axis.range = [low - pad, high + pad];
+    }
+  }
+  return axis;
+}
+
+function chartTraces(metric, variants, compare, names, ids, weight, xTime) {
+  const DASHES = ["solid", "dot", "dash", "longdash", "dashdot"];
+  const traces = [];
+  let unit = "";
+  for (const [variantIndex, variant] of Object.keys(variants).sort().entries()) {
+    const series = compare ? variants[variant] : { "": variants[variant] };
+    const scale = isBytes(metric, variant) ? BYTES_PER_MB : 1;
+    if (scale !== 1) unit = "MB";
+    for (const [taskId, s] of Object.entries(series)) {
+      const index = compare ? ids.indexOf(taskId) : traces.length;
+      traces.push({
+        x: xTime ? s.x.map((t) => new Date(t)) : s.x,
+        y: smooth(s.y, weight).map((y) => y / scale),
+        mode: "lines+markers", type: "scatter",
+        name: compare ? `${names[index] || taskId} · ${variant}` : variant,
+        line: { color: COLORS[index % COLORS.length], dash: compare ? DASHES[variantIndex % DASHES.length] : "solid" },
+        marker: { size: 5 },
+      });
+    }
+  }
+  return { traces, unit };
+}
+
 function drawCharts(root, data, compare) {
   const weight = parseFloat(document.getElementById("smoothing").value);
   const xTime = document.getElementById("x-axis").value === "time";
   const names = compare ? JSON.parse(root.dataset.names) : [];
   const ids = compare ? JSON.parse(root.dataset.ids) : [];
   const metrics = compare ? data.metrics || {} : data;
-  root.replaceChildren();
-  // FleetFL's per-round metrics ("global": mAP50-95, mAP50, loss) first, then the others by name.
-  const first = (root.dataset.first || "").split(",");
+  // The titles of the chosen metric columns (default FleetFL's "global": mAP50-95) first, then by name.
+  const first = (root.dataset.first || "").split(",").filter(Boolean);
   const rank = (title) => (first.includes(title) ? first.indexOf(title) : first.length);
   const titles = Object.keys(metrics).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
   if (!titles.length) {
     root.innerHTML = '<p class="empty">No scalars reported.</p>';
     return;
   }
+  // Charts already drawn are updated in place (Plotly.react), so a redraw every 10 s keeps the
+  // user's zoom (uirevision) and never stacks a second plot on the same element.
+  const drawn = new Map([...root.querySelectorAll(".chart")].map((div) => [div.dataset.metric, div]));
+  for (const node of [...root.childNodes]) if (!node.classList || !node.classList.contains("chart")) node.remove();
+  for (const [metric, div] of drawn) if (!titles.includes(metric)) div.remove();
   for (const metric of titles) {
-    const traces = [];
-    const DASHES = ["solid", "dot", "dash", "longdash", "dashdot"];
-    for (const [variantIndex, variant] of Object.keys(metrics[metric]).sort().entries()) {
-      const series = compare ? metrics[metric][variant] : { "": metrics[metric][variant] };
-      for (const [taskId, s] of Object.entries(series)) {
-        const index = compare ? ids.indexOf(taskId) : traces.length;
-        const x = xTime ? s.x.map((t) => new Date(t)) : s.x;
-        traces.push({
-          x, y: smooth(s.y, weight), mode: "lines+markers", type: "scatter",
-          name: compare ? `${names[index] || taskId} · ${variant}` : variant,
-          line: { color: COLORS[index % COLORS.length], dash: compare ? DASHES[variantIndex % DASHES.length] : "solid" },
-          marker: { size: 5 },
-        });
-      }
+    const { traces, unit } = chartTraces(metric, metrics[metric], compare, names, ids, weight, xTime);
+    let div = drawn.get(metric);
+    if (!div) {
+      div = document.createElement("div");
+      div.className = "chart";
+      div.dataset.metric = metric;
     }
-    const div = document.createElement("div");
-    div.className = "chart";
-    div.dataset.metric = metric;
-    root.appendChild(div);
+    root.appendChild(div); // (re)appended in the sorted order
     const xs = traces.flatMap((t) => t.x);
     const fewIterations = !xTime && xs.length && Math.max(...xs) - Math.min(...xs) <= 20;
-    Plotly.newPlot(div, traces, {
+    const layout = {
       title: { text: metric }, margin: { t: 40, r: 20, b: 40, l: 50 }, legend: { orientation: "h" },
-      xaxis: { title: { text: xTime ? "time" : "iteration" }, dtick: fewIterations ? 1 : undefined },
-    }, { displaylogo: false, responsive: true });
+      xaxis: { title: { text: xTime ? "time" : "iteration" }, dtick: fewIterations ? 1 : undefined, automargin: true },
+      yaxis: yAxis(traces, unit), uirevision: `${metric}:${xTime}`,
+    };
+    Plotly.react(div, traces, layout, { displaylogo: false, responsive: true });
   }
 }
 
@@ -103,20 +142,22 @@ function setupPlots() {
 function setupConsole() {
   const pre = document.getElementById("console");
   if (!pre) return;
-  let last = null;
-  const append = (lines) => {
-    for (const line of lines) {
-      pre.appendChild(document.createTextNode(line.msg.endsWith("\n") ? line.msg : `${line.msg}\n`));
-      last = line.timestamp;
-    }
-  };
+  // The server's cursor (last timestamp read + lines read at it), so a line written in the same
+  // millisecond as the last one shown is still fetched, and none is shown twice.
+  let cursor = null;
   const poll = async () => {
-    const url = last === null ? pre.dataset.source : `${pre.dataset.source}?after=${last}`;
+    const url = cursor === null || cursor.after === null
+      ? pre.dataset.source
+      : `${pre.dataset.source}?after=${encodeURIComponent(cursor.after)}&skip=${cursor.skip}`;
     try {
       const body = await getJSON(url);
-      append(body.lines);
-      if (last === null && !body.lines.length) pre.textContent = "";
-      if (["in_progress", "queued"].includes(body.status)) setTimeout(poll, 2000);
+      if (cursor === null) pre.textContent = "";
+      for (const line of body.lines) {
+        pre.appendChild(document.createTextNode(line.msg.endsWith("\n") ? line.msg : `${line.msg}\n`));
+      }
+      cursor = body.cursor;
+      if (body.more) setTimeout(poll, 0); // a full batch: read the next page now
+      else if (["in_progress", "queued"].includes(body.status)) setTimeout(poll, 2000);
     } catch (err) {
       pre.appendChild(document.createTextNode(`\n[console unavailable: ${err.message}]\n`));
     }
