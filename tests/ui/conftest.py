@@ -25,6 +25,7 @@ logger = task.get_logger()
 for rnd in (1, 2, 3):
     logger.report_scalar("global", "map50_95", value=0.1 * rnd, iteration=rnd)
     logger.report_scalar("global", "map50", value=0.2 * rnd, iteration=rnd)
+    logger.report_scalar("global", "train_loss", value=12.0 - rnd, iteration=rnd)  # 10x the mAPs
     for variant in ("sent", "received"):  # flat and large, like FleetFL's per-round byte counts
         logger.report_scalar("bytes", variant, value=86_296_431, iteration=rnd)
     print(f"round {rnd}: mAP50-95 {0.1 * rnd:.3f}")

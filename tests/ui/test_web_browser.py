@@ -53,9 +53,13 @@ def test_login_chart_console_clone_edit_enqueue(
         "no chart",
     )
     traces = driver.execute_script(
-        "return document.querySelector('.chart[data-metric=\"global\"]').data.map(t => [t.name, t.x, t.y]);"
+        "const c = document.querySelector('.chart[data-metric=\"global\"]');"
+        "return c.data.map(t => [t.name, t.x, t.y, t.yaxis || 'y']);"
     )
-    by_name = {name: (x, y) for name, x, y in traces}
+    by_name = {name: (x, y) for name, x, y, _ in traces}
+    # The loss (~10) is on its own right-hand axis, so the mAP lines (< 1) are not flattened to 0.
+    axes = {name: axis for name, _, _, axis in traces}
+    assert axes == {"map50": "y2", "map50_95": "y2", "train_loss": "y"}
     assert by_name["map50_95"][0] == [1, 2, 3]
     assert by_name["map50_95"][1] == pytest.approx([0.1, 0.2, 0.3])
     # The key metric's chart comes first ("bytes" sorts before "global" by name); bytes are in MB,
@@ -101,11 +105,12 @@ def test_login_chart_console_clone_edit_enqueue(
     )
 
     # Clone -> the Draft's configuration; edit a hyperparameter; enqueue it.
-    httpx.post(
-        f"{clearml_server.api_host}/queues.create",
-        json={"name": "browser-queue"},
-        auth=(clearml_server.access_key, clearml_server.secret_key),
-    )
+    for queue in ("browser-queue", "aaa-browser-other"):  # the other sorts first in the queue list
+        httpx.post(
+            f"{clearml_server.api_host}/queues.create",
+            json={"name": queue},
+            auth=(clearml_server.access_key, clearml_server.secret_key),
+        )
     clone_name = driver.find_element(By.NAME, "name")
     clone_name.clear()
     clone_name.send_keys("browser clone")
@@ -124,6 +129,8 @@ def test_login_chart_console_clone_edit_enqueue(
         driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "enqueued"), "not enqueued"
     )
     assert driver.find_element(By.CSS_SELECTOR, "h1 .status").text == "queued"
+    # The queue chooser shows the task's own queue, not the first queue by name.
+    assert Select(driver.find_element(By.NAME, "queue")).first_selected_option.text == "browser-queue"
     driver.save_screenshot(str(screenshots_dir / "05-clone-enqueued.png"))
     clone_id = urllib.parse.urlsplit(driver.current_url).path.split("/tasks/")[1].split("/")[0]
 

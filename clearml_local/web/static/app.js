@@ -37,6 +37,17 @@ function yAxis(traces, unit) {
   return axis;
 }
 
+// Variants of very different size on one chart (FleetFL's "global": train_loss ~10 beside mAP ~0.5)
+// would flatten the small ones to a line at 0: those more than 10x smaller than the largest go on a
+// second y axis on the right.
+function smallScaleTraces(traces) {
+  const size = (t) => Math.max(0, ...t.y.filter((y) => Number.isFinite(y)).map(Math.abs));
+  const largest = Math.max(0, ...traces.map(size));
+  if (traces.length < 2 || largest === 0) return [];
+  const small = traces.filter((t) => size(t) * 10 < largest);
+  return small.length < traces.length ? small : [];
+}
+
 function chartTraces(metric, variants, compare, names, ids, weight, xTime) {
   const DASHES = ["solid", "dot", "dash", "longdash", "dashdot"];
   const traces = [];
@@ -88,13 +99,20 @@ function drawCharts(root, data, compare) {
       div.dataset.metric = metric;
     }
     root.appendChild(div); // (re)appended in the sorted order
+    const small = smallScaleTraces(traces);
+    for (const t of small) t.yaxis = "y2";
+    const large = traces.filter((t) => !small.includes(t));
     const xs = traces.flatMap((t) => t.x);
     const fewIterations = !xTime && xs.length && Math.max(...xs) - Math.min(...xs) <= 20;
     const layout = {
       title: { text: metric }, margin: { t: 40, r: 20, b: 40, l: 50 }, legend: { orientation: "h" },
       xaxis: { title: { text: xTime ? "time" : "iteration" }, dtick: fewIterations ? 1 : undefined, automargin: true },
-      yaxis: yAxis(traces, unit), uirevision: `${metric}:${xTime}`,
+      yaxis: yAxis(large, unit), uirevision: `${metric}:${xTime}`,
     };
+    if (small.length) {
+      layout.yaxis2 = { ...yAxis(small, unit), overlaying: "y", side: "right", showgrid: false };
+      layout.margin.r = 50;
+    }
     Plotly.react(div, traces, layout, { displaylogo: false, responsive: true });
   }
 }
