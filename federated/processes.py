@@ -6,19 +6,23 @@ own (the SuperLink and each SuperNode start a ``flower-superexec``, which starts
 ``flwr-serverapp``/``flwr-clientapp`` per task, some in new sessions): :meth:`ProcessSet.track`
 records every descendant while they are alive, so that :meth:`ProcessSet.stop` can end them even
 after their parent died. Stopping sends SIGTERM to each process and its group, waits, then SIGKILLs
-what is left.
+what is left. On Linux each started process also gets SIGTERM when the process that started it dies
+without stopping them (SIGKILL, e.g. an agent killing an aborted task): a new session is out of the
+reach of the killer's process-group signal, and a SuperLink or SuperNode would otherwise run on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +30,29 @@ from types import TracebackType
 import psutil
 
 LOG = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel for SIGTERM when our parent dies (Linux), else None.
+
+    ``prctl`` is looked up here, in the parent: the child, between fork and exec, only calls it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return die_with_parent
 
 
 class ProcessDiedError(RuntimeError):
@@ -135,6 +162,7 @@ class ProcessSet:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_parent_death_signal(),  # takes no lock in the child: see the function
             )
         proc = ManagedProcess(name=name, popen=popen, log_path=log_path, argv=list(argv))
         self.processes.append(proc)
