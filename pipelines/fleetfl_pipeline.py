@@ -458,19 +458,27 @@ def pipeline_page_url(pipeline_id: str, web_host: str | None = None) -> str:
     return f"{web}/pipelines/{project}/experiments/{pipeline_id}"
 
 
+#: Each step's return value: the artifact of its task that holds it.
+STEP_OUTPUTS = {
+    "version_data": "datasets",
+    "tune": "tuned",
+    "federate": "federated",
+    "evaluate_register": "candidate",
+}
+
+
+def read_step_output(task: Any, artifact: str) -> Any:
+    """A step task's return value (JSON, see :mod:`pipelines.step_values`; never unpickled)."""
+    return task.artifacts[artifact].get(deserialization_function=step_values.from_bytes)
+
+
 def collect_outputs(pipe: Any) -> dict[str, Any]:
     """Each step's return value, read back from the step tasks' artifacts."""
     from clearml import Task
 
     outputs: dict[str, Any] = {"pipeline_id": pipe.id}
-    names = {
-        "version_data": "datasets",
-        "tune": "tuned",
-        "federate": "federated",
-        "evaluate_register": "candidate",
-    }
     dag = pipe.get_pipeline_dag()
-    for step, artifact in names.items():
+    for step, artifact in STEP_OUTPUTS.items():
         node = dag.get(step)
         if node is None or not node.executed:
             raise RuntimeError(f"pipeline {pipe.id}: step {step!r} did not run")
@@ -482,7 +490,7 @@ def collect_outputs(pipe: Any) -> dict[str, Any]:
                 f"pipeline {pipe.id}: step {step!r} ({task.id}) ended {task.get_status()}: "
                 f"{task.data.status_message or ''}\n{log_tail(task)}"
             )
-        outputs[artifact] = task.artifacts[artifact].get(deserialization_function=step_values.from_bytes)
+        outputs[artifact] = read_step_output(task, artifact)
         outputs[f"{step}_task_id"] = task.id
     return outputs
 

@@ -28,12 +28,6 @@ RUN_TIMEOUT_S = 1200
 #: pytest-timeout of each test using ``pipeline_run``: the first one also waits for the shared run
 #: (its setup), which took 677-900 s at load 25-30 on the shared 2 cores, past the default 900 s.
 SHARED_RUN_TEST_TIMEOUT_S = 1800
-STEP_OUTPUTS = {
-    "version_data": "datasets",
-    "tune": "tuned",
-    "federate": "federated",
-    "evaluate_register": "candidate",
-}
 EDITED_ROUNDS = 2  # the New run's one edited parameter (the parked run has 1 round)
 
 
@@ -64,8 +58,8 @@ def step_outputs(run_id: str) -> dict:
 
     steps = {t.name: t for t in Task.get_tasks(task_filter={"parent": run_id})}
     outputs: dict = {"pipeline_id": run_id}
-    for step, artifact in STEP_OUTPUTS.items():
-        outputs[artifact] = steps[step].artifacts[artifact].get()
+    for step, artifact in fp.STEP_OUTPUTS.items():
+        outputs[artifact] = fp.read_step_output(steps[step], artifact)
         outputs[f"{step}_task_id"] = steps[step].id
     return outputs
 
