@@ -116,37 +116,36 @@ def test_bodies_over_the_cap_get_413_declared_or_streamed(api) -> None:
     assert post(client, "debug.ping", "{}")[0] == 200
 
 
-def test_a_task_stored_deeply_nested_can_still_be_edited_and_pinged(api) -> None:
-    """Data stored before the nesting limit (``copy.deepcopy`` failed on it: 500 on every edit)."""
+def _store_deeply_nested(api, kind: str, create: dict, field: str) -> str:
+    """Create a ``kind`` (tasks/models) through the API, then store ``field`` 600 levels deep."""
     client, store = api
-    code, _, _ = post(client, "tasks.create", json.dumps({"name": "deep", "type": "training"}))
-    assert code == 200
-    (task,) = store.all("tasks")
+    assert post(client, f"{kind}.create", json.dumps(create))[0] == 200
+    (doc,) = store.all(kind)
     deep: Any = {}
     for _ in range(600):
         deep = {"k": deep}
     with store.transaction() as tx:
-        tx.put("tasks", {**task, "runtime": deep})
-    assert post(client, "tasks.ping", json.dumps({"task": task["id"]}))[0] == 200
-    edit = {"task": task["id"], "comment": "still editable", "force": True}
+        tx.put(kind, {**doc, field: deep})
+    return doc["id"]
+
+
+def test_a_task_stored_deeply_nested_can_still_be_edited_and_pinged(api) -> None:
+    """Data stored before the nesting limit (``copy.deepcopy`` failed on it: 500 on every edit)."""
+    client, store = api
+    task_id = _store_deeply_nested(api, "tasks", {"name": "deep", "type": "training"}, "runtime")
+    assert post(client, "tasks.ping", json.dumps({"task": task_id}))[0] == 200
+    edit = {"task": task_id, "comment": "still editable", "force": True}
     assert post(client, "tasks.edit", json.dumps(edit))[0] == 200
-    assert store.get("tasks", task["id"])["comment"] == "still editable"
+    assert store.get("tasks", task_id)["comment"] == "still editable"
 
 
 def test_a_model_stored_deeply_nested_can_still_be_edited(api) -> None:
     """The same for models (``models.edit`` copied the model with ``copy.deepcopy``)."""
     client, store = api
-    code, _, _ = post(client, "models.create", json.dumps({"name": "deep", "uri": "file:///m.pt"}))
-    assert code == 200
-    (model,) = store.all("models")
-    deep: Any = {}
-    for _ in range(600):
-        deep = {"k": deep}
-    with store.transaction() as tx:
-        tx.put("models", {**model, "design": deep})
-    edit = {"model": model["id"], "comment": "still editable"}
+    model_id = _store_deeply_nested(api, "models", {"name": "deep", "uri": "file:///m.pt"}, "design")
+    edit = {"model": model_id, "comment": "still editable"}
     assert post(client, "models.edit", json.dumps(edit))[0] == 200
-    assert store.get("models", model["id"])["comment"] == "still editable"
+    assert store.get("models", model_id)["comment"] == "still editable"
 
 
 @pytest.mark.parametrize(
