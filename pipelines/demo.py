@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +55,10 @@ DEMO_PARAMETERS: dict[str, Any] = {
         "optimizer_state": "keep",
         "image_cache": "ram",
     },
-    "search_space": {"lr0": {"values": [0.001, 0.005]}},
+    # A range, not a list of two values: ClearML's OptimizerOptuna prunes a trial whose parameters
+    # repeat an earlier one ("duplicate parameters") and Optuna's TPE, sampling the first trials at
+    # random, drew 0.005 twice in one run: the demo then showed a single trial.
+    "search_space": {"lr0": {"min": 0.001, "max": 0.008, "log": True}},
     "project": "FleetFL-demo",
     "client_wait_s": 240.0,
 }
@@ -81,6 +85,7 @@ def run_demo(out: Path, overrides: Mapping[str, Any] | None = None, keep: bool =
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     data_dir = out / "clearml"
+    _fresh_data_dir(data_dir)
     _start_server(data_dir, out / "clearml.conf")
     agents: list[Any] = []
     try:
@@ -121,6 +126,19 @@ def run_demo(out: Path, overrides: Mapping[str, Any] | None = None, keep: bool =
         )
     print(f"pipeline run page: {summary['pipeline_url']}")
     return summary
+
+
+def _fresh_data_dir(data_dir: Path) -> None:
+    """Each demo starts from an empty server, unless the one a ``--keep`` run left still runs.
+
+    The server listens on free ports, and ClearML stores a dataset's files with the file server's
+    URL: a second demo on the previous run's data would reuse those dataset versions and fail to
+    download them from the old port.
+    """
+    from clearml_local.cli import running_state
+
+    if data_dir.exists() and running_state(data_dir) is None:
+        shutil.rmtree(data_dir)
 
 
 def _start_server(data_dir: Path, conf: Path) -> None:
