@@ -227,19 +227,23 @@ def files_link(url: str | None, files_host: str) -> str | None:
     return url
 
 
+def _json_configuration(task: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The task's configuration object ``name`` parsed as a JSON object; ``{}`` if missing or not one."""
+    raw = ((task.get("configuration") or {}).get(name) or {}).get("value")
+    try:
+        value = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def pipeline_dag(task: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
     """The controller's ``Pipeline`` configuration as layers of steps (parents before children).
 
     Each step: ``name``, ``parents``, ``status``, ``job_id`` and ``parameters``. A configuration
     that is missing or not JSON gives no layers.
     """
-    raw = ((task.get("configuration") or {}).get("Pipeline") or {}).get("value")
-    try:
-        steps = json.loads(raw) if raw else {}
-    except (TypeError, ValueError):
-        return []
-    if not isinstance(steps, dict):
-        return []
+    steps = _json_configuration(task, "Pipeline")
     depth: dict[str, int] = {}
 
     def level(name: str, seen: frozenset[str] = frozenset()) -> int:
@@ -272,13 +276,7 @@ def dataset_lineage(task: Mapping[str, Any]) -> list[dict[str, Any]]:
     Each: ``job_id`` (the version's task), ``name``, ``version``, ``status``, ``parents`` (task ids),
     this version first, then its ancestors. A missing or malformed structure gives ``[]``.
     """
-    raw = ((task.get("configuration") or {}).get("Dataset Struct") or {}).get("value")
-    try:
-        nodes = json.loads(raw) if raw else {}
-    except (TypeError, ValueError):
-        return []
-    if not isinstance(nodes, dict):
-        return []
+    nodes = _json_configuration(task, "Dataset Struct")
     ids = {key: node.get("job_id") for key, node in nodes.items() if isinstance(node, dict)}
     versions = [
         {
